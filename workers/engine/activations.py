@@ -1,0 +1,144 @@
+"""Pointwise activations: the notes' activation table, one small class each.
+
+For out = f(x) applied elementwise, the Jacobian is diagonal, so the g_out -> g_in
+recurrence reduces to g_in = g_out * f'(x). Each class writes f'(x) in whichever form
+is cheapest given what forward cached (often in terms of `out`).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import erf, expit
+
+from .op import Op
+
+_INV_SQRT2 = 1.0 / np.sqrt(2.0)
+_INV_SQRT2PI = 1.0 / np.sqrt(2.0 * np.pi)
+
+
+class Pointwise(Op):
+    """Shared plumbing: one input of any width, same output width, no parameters."""
+
+    def forward(self, xs, p):
+        self.x = xs[0]
+        self.out = self.buf("out", self.x.shape)
+        self.f(self.x, self.out)
+        return self.out
+
+    def backward(self, g_out, need, into=None):
+        if not need[0]:
+            return [None], {}
+        g_in = self.buf("g_in", g_out.shape)
+        self.g(g_out, g_in)
+        return [g_in], {}
+
+    def f(self, x, out) -> None:
+        """out <- f(x)."""
+        raise NotImplementedError
+
+    def g(self, g_out, g_in) -> None:
+        """g_in <- g_out * f'(x), using the cached self.x / self.out."""
+        raise NotImplementedError
+
+
+class Sigmoid(Pointwise):
+    """sigma(x) = 1 / (1 + e^-x);  sigma' = sigma (1 - sigma)."""
+
+    def f(self, x, out):
+        expit(x, out=out)
+
+    def g(self, g_out, g_in):
+        np.subtract(1, self.out, out=g_in)
+        g_in *= self.out
+        g_in *= g_out
+
+
+class Tanh(Pointwise):
+    """tanh' = 1 - tanh^2."""
+
+    def f(self, x, out):
+        np.tanh(x, out=out)
+
+    def g(self, g_out, g_in):
+        np.multiply(self.out, self.out, out=g_in)
+        np.subtract(1, g_in, out=g_in)
+        g_in *= g_out
+
+
+class ReLU(Pointwise):
+    """max(0, x);  derivative 1 for x > 0, else 0 (the subgradient 0 at x = 0)."""
+
+    def f(self, x, out):
+        np.maximum(x, 0, out=out)
+
+    def g(self, g_out, g_in):
+        mask = self.ws.get("mask", g_out.shape, np.dtype(bool))
+        np.greater(self.out, 0, out=mask)
+        np.multiply(g_out, mask, out=g_in)
+
+
+class LeakyReLU(Pointwise):
+    """x for x > 0, else alpha x;  derivative 1 or alpha."""
+
+    attr_defaults = {"alpha": 0.01}
+
+    def f(self, x, out):
+        np.multiply(x, self.attrs["alpha"], out=out)
+        np.copyto(out, x, where=x > 0)
+
+    def g(self, g_out, g_in):
+        np.multiply(g_out, self.attrs["alpha"], out=g_in)
+        np.copyto(g_in, g_out, where=self.x > 0)
+
+
+class ELU(Pointwise):
+    """x for x > 0, else alpha (e^x - 1);  derivative 1, or alpha e^x = out + alpha."""
+
+    attr_defaults = {"alpha": 1.0}
+
+    def f(self, x, out):
+        np.minimum(x, 0, out=out)
+        np.expm1(out, out=out)
+        out *= self.attrs["alpha"]
+        np.copyto(out, x, where=x > 0)
+
+    def g(self, g_out, g_in):
+        np.add(self.out, self.attrs["alpha"], out=g_in)
+        g_in *= g_out
+        np.copyto(g_in, g_out, where=self.x > 0)
+
+
+class GELU(Pointwise):
+    """Exact GELU: x Phi(x), Phi the standard normal CDF;  derivative Phi(x) + x phi(x)."""
+
+    def f(self, x, out):
+        np.multiply(x, _INV_SQRT2, out=out)
+        erf(out, out=out)
+        out += 1
+        out *= 0.5
+        out *= x
+
+    def g(self, g_out, g_in):
+        x = self.x
+        phi = self.buf("phi", x.shape)  # x * standard normal density
+        np.multiply(x, x, out=phi)
+        phi *= -0.5
+        np.exp(phi, out=phi)
+        phi *= _INV_SQRT2PI
+        phi *= x
+        np.multiply(x, _INV_SQRT2, out=g_in)
+        erf(g_in, out=g_in)
+        g_in += 1
+        g_in *= 0.5
+        g_in += phi
+        g_in *= g_out
+
+
+class Softplus(Pointwise):
+    """log(1 + e^x), computed stably as logaddexp(0, x);  derivative sigma(x)."""
+
+    def f(self, x, out):
+        np.logaddexp(0, x, out=out)
+
+    def g(self, g_out, g_in):
+        expit(self.x, out=g_in)
+        g_in *= g_out

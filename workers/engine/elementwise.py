@@ -1,0 +1,197 @@
+"""Merge and elementwise math ops, for general DAGs such as the notes' worked example.
+
+Binary ops take two inputs of equal width. A value that feeds several nodes (a branch)
+receives the sum of their g_in's: the executor adds them, exactly as in the notes.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .activations import Pointwise
+from .op import Op
+
+
+def _same_width(in_dims: Sequence[int]) -> int:
+    if len(set(in_dims)) != 1:
+        raise ValueError(f"inputs must have the same width, got {list(in_dims)}")
+    return in_dims[0]
+
+
+class Add(Op):
+    """out = x1 + ... + xk;  every g_in is g_out itself (the Jacobian is the identity)."""
+
+    arity = None
+
+    def out_dim(self, in_dims):
+        return _same_width(in_dims)
+
+    def forward(self, xs, p):
+        out = self.buf("out", xs[0].shape)
+        np.add(xs[0], xs[1], out=out)
+        for x in xs[2:]:
+            out += x
+        return out
+
+    def backward(self, g_out, need, into=None):
+        return [g_out if n else None for n in need], {}
+
+
+class Sub(Op):
+    """out = a - b;  g_a = g_out, g_b = -g_out."""
+
+    arity = 2
+
+    def out_dim(self, in_dims):
+        return _same_width(in_dims)
+
+    def forward(self, xs, p):
+        return np.subtract(xs[0], xs[1], out=self.buf("out", xs[0].shape))
+
+    def backward(self, g_out, need, into=None):
+        g_b = np.negative(g_out, out=self.buf("g_b", g_out.shape)) if need[1] else None
+        return [g_out if need[0] else None, g_b], {}
+
+
+class Mul(Op):
+    """out = a * b;  g_a = g_out * b, g_b = g_out * a."""
+
+    arity = 2
+
+    def out_dim(self, in_dims):
+        return _same_width(in_dims)
+
+    def forward(self, xs, p):
+        self.a, self.b = xs
+        return np.multiply(self.a, self.b, out=self.buf("out", self.a.shape))
+
+    def backward(self, g_out, need, into=None):
+        g_a = np.multiply(g_out, self.b, out=self.buf("g_a", g_out.shape)) if need[0] else None
+        g_b = np.multiply(g_out, self.a, out=self.buf("g_b", g_out.shape)) if need[1] else None
+        return [g_a, g_b], {}
+
+
+class Div(Op):
+    """out = a / b;  g_a = g_out / b, g_b = -g_out a / b^2 = -g_out out / b."""
+
+    arity = 2
+
+    def out_dim(self, in_dims):
+        return _same_width(in_dims)
+
+    def forward(self, xs, p):
+        self.a, self.b = xs
+        self.out = np.divide(self.a, self.b, out=self.buf("out", self.a.shape))
+        return self.out
+
+    def backward(self, g_out, need, into=None):
+        g_a = np.divide(g_out, self.b, out=self.buf("g_a", g_out.shape)) if need[0] else None
+        g_b = None
+        if need[1]:
+            g_b = np.multiply(g_out, self.out, out=self.buf("g_b", g_out.shape))
+            g_b /= self.b
+            np.negative(g_b, out=g_b)
+        return [g_a, g_b], {}
+
+
+class Exp(Pointwise):
+    """e^x;  derivative e^x = out."""
+
+    def f(self, x, out):
+        np.exp(x, out=out)
+
+    def g(self, g_out, g_in):
+        np.multiply(g_out, self.out, out=g_in)
+
+
+class Log(Pointwise):
+    """ln x;  derivative 1/x."""
+
+    def f(self, x, out):
+        np.log(x, out=out)
+
+    def g(self, g_out, g_in):
+        np.divide(g_out, self.x, out=g_in)
+
+
+class Sin(Pointwise):
+    """sin x;  derivative cos x."""
+
+    def f(self, x, out):
+        np.sin(x, out=out)
+
+    def g(self, g_out, g_in):
+        np.cos(self.x, out=g_in)
+        g_in *= g_out
+
+
+class Cos(Pointwise):
+    """cos x;  derivative -sin x."""
+
+    def f(self, x, out):
+        np.cos(x, out=out)
+
+    def g(self, g_out, g_in):
+        np.sin(self.x, out=g_in)
+        np.negative(g_in, out=g_in)
+        g_in *= g_out
+
+
+class Pow(Pointwise):
+    """x^c for a constant c;  derivative c x^(c-1)."""
+
+    required_attrs = ("exponent",)
+
+    def f(self, x, out):
+        np.power(x, self.attrs["exponent"], out=out)
+
+    def g(self, g_out, g_in):
+        c = float(self.attrs["exponent"])
+        np.power(self.x, c - 1, out=g_in)
+        g_in *= c
+        g_in *= g_out
+
+
+class Concat(Op):
+    """Stack inputs along the feature axis;  g_in_i is the matching column block of g_out."""
+
+    arity = None
+
+    def out_dim(self, in_dims):
+        return sum(in_dims)
+
+    def forward(self, xs, p):
+        self.widths = [x.shape[1] for x in xs]
+        return np.concatenate(xs, axis=1, out=self.buf("out", (xs[0].shape[0], sum(self.widths))))
+
+    def backward(self, g_out, need, into=None):
+        g_ins, start = [], 0
+        for w, n in zip(self.widths, need):
+            g_ins.append(g_out[:, start:start + w] if n else None)
+            start += w
+        return g_ins, {}
+
+
+class Slice(Op):
+    """Columns start:stop of the input;  g_in is g_out placed back in those columns, 0 elsewhere."""
+
+    required_attrs = ("start", "stop")
+
+    def out_dim(self, in_dims):
+        start, stop = int(self.attrs["start"]), int(self.attrs["stop"])
+        if not 0 <= start < stop <= in_dims[0]:
+            raise ValueError(f"start:stop must satisfy 0 <= start < stop <= {in_dims[0]}, got {start}:{stop}")
+        return stop - start
+
+    def forward(self, xs, p):
+        self.width = xs[0].shape[1]
+        return xs[0][:, int(self.attrs["start"]):int(self.attrs["stop"])]
+
+    def backward(self, g_out, need, into=None):
+        if not need[0]:
+            return [None], {}
+        g_in = self.buf("g_in", (g_out.shape[0], self.width))
+        g_in.fill(0)
+        g_in[:, int(self.attrs["start"]):int(self.attrs["stop"])] = g_out
+        return [g_in], {}

@@ -1,0 +1,14 @@
+"""The one exception type for invalid user input: it always names the field."""
+
+
+class SpecError(ValueError):
+    """An invalid spec or request field.
+
+    `field` is the dotted path of the offending field (e.g. ``model.nodes[2] (h2).inputs``)
+    so the service can hand it back to the user verbatim.
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message

@@ -1,0 +1,103 @@
+"""Parametrised layers: linear (W, b) and PReLU (a learned slope per feature)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .op import Array, Op
+
+
+class Linear(Op):
+    """out = x W + b, with W of shape (fan_in, units).
+
+    Backward (the notes' per-layer rule): g_W = x^T g_out, g_b = 1^T g_out (a sum over
+    the batch, so shard gradients add), g_in = g_out W^T.
+    """
+
+    required_attrs = ("units",)
+    attr_defaults = {"bias": True}
+
+    @property
+    def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("W", "b") if self.attrs["bias"] else ("W",)
+
+    def out_dim(self, in_dims: Sequence[int]) -> int:
+        return int(self.attrs["units"])
+
+    def param_shapes(self, in_dims: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        shapes = {"W": (in_dims[0], int(self.attrs["units"]))}
+        if self.attrs["bias"]:
+            shapes["b"] = (int(self.attrs["units"]),)
+        return shapes
+
+    def init_params(self, shapes, rng, scheme):
+        fan_in, fan_out = shapes["W"]
+        # He for ReLU-like successors (keeps activation variance ~1), Glorot otherwise.
+        std = np.sqrt(2.0 / fan_in) if scheme == "he" else np.sqrt(2.0 / (fan_in + fan_out))
+        out = {"W": rng.standard_normal(shapes["W"]) * std}
+        if "b" in shapes:
+            out["b"] = np.zeros(shapes["b"])
+        return out
+
+    def forward(self, xs, p):
+        x = xs[0]
+        self.x = x
+        self.W = p["W"]
+        out = self.buf("out", (x.shape[0], self.W.shape[1]))
+        np.matmul(x, self.W, out=out)
+        if "b" in p:
+            out += p["b"]
+        return out
+
+    def backward(self, g_out, need, into=None):
+        x, W = self.x, self.W
+        grads = {"W": self.grad_dest(into, "W", W.shape)}
+        np.matmul(x.T, g_out, out=grads["W"])
+        if self.attrs["bias"]:
+            grads["b"] = self.grad_dest(into, "b", (W.shape[1],))
+            np.sum(g_out, axis=0, out=grads["b"])
+        g_in = None
+        if need[0]:
+            g_in = self.buf("g_in", x.shape)
+            np.matmul(g_out, W.T, out=g_in)
+        return [g_in], grads
+
+
+class PReLU(Op):
+    """out = x if x > 0 else a * x, with a learned slope a per feature (He et al. 2015).
+
+    g_in = g_out * (1 if x > 0 else a);  g_a = sum over the batch of g_out * min(x, 0).
+    """
+
+    param_names = ("alpha",)
+    attr_defaults = {"init": 0.25}
+
+    def param_shapes(self, in_dims):
+        return {"alpha": (in_dims[0],)}
+
+    def init_params(self, shapes, rng, scheme):
+        return {"alpha": np.full(shapes["alpha"], float(self.attrs["init"]))}
+
+    def forward(self, xs, p):
+        x = xs[0]
+        self.x, self.alpha = x, p["alpha"]
+        self.neg = self.ws.get("neg", x.shape, np.dtype(bool))
+        np.less(x, 0, out=self.neg)
+        out = self.buf("out", x.shape)
+        np.multiply(x, self.alpha, out=out)
+        np.copyto(out, x, where=~self.neg)
+        return out
+
+    def backward(self, g_out, need, into=None):
+        x_neg = self.buf("x_neg", self.x.shape)
+        np.minimum(self.x, 0, out=x_neg)
+        x_neg *= g_out
+        g_alpha = self.grad_dest(into, "alpha", self.alpha.shape)
+        np.sum(x_neg, axis=0, out=g_alpha)
+        g_in = None
+        if need[0]:
+            g_in = self.buf("g_in", self.x.shape)
+            np.multiply(g_out, self.alpha, out=g_in)
+            np.copyto(g_in, g_out, where=~self.neg)
+        return [g_in], {"alpha": g_alpha}

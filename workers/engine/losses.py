@@ -1,0 +1,99 @@
+"""Losses as sums of per-example sub-losses, so shard gradients add (the notes' form (S)).
+
+Each loss returns the *sum* over the batch and its gradient with respect to the model's
+output, g_out = dL/d out, with no 1/N factor: the coordinator divides once by the global
+example count after summing the shards.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from scipy.special import expit
+
+from .workspace import Workspace
+
+
+class Loss:
+    """loss_and_grad(out, y) -> (sum of sub-losses, g_out, number of correct predictions)."""
+
+    name: ClassVar[str]
+    task: ClassVar[str]  # "classification" or "regression"
+
+    def __init__(self) -> None:
+        self.ws = Workspace()
+
+    def check_output(self, width: int) -> None:
+        """Raise ValueError if the model's output width cannot feed this loss."""
+
+    def loss_and_grad(self, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, int]:
+        raise NotImplementedError
+
+    def loss(self, out: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        loss, _, correct = self.loss_and_grad(out, y)
+        return loss, correct
+
+
+class SoftmaxCrossEntropy(Loss):
+    """l_i = logsumexp(z_i) - z_i[y_i], integer labels;  g_out = softmax(z) - onehot(y).
+
+    Stable: the row maximum is subtracted before exponentiating.
+    """
+
+    name = "softmax_cross_entropy"
+    task = "classification"
+
+    def check_output(self, width):
+        if width < 2:
+            raise ValueError(f"needs an output of width >= 2 (one logit per class), got {width}")
+
+    def loss_and_grad(self, out, y):
+        n, rows = out.shape[0], np.arange(out.shape[0])
+        g = self.ws.get("g", out.shape, out.dtype)
+        np.subtract(out, out.max(axis=1, keepdims=True), out=g)  # shifted logits s
+        picked = g[rows, y].astype(np.float64)
+        np.exp(g, out=g)
+        total = g.sum(axis=1, keepdims=True)
+        loss = float(np.sum(np.log(total, dtype=np.float64)) - np.sum(picked))
+        g /= total  # softmax
+        correct = int(np.count_nonzero(g.argmax(axis=1) == y))
+        g[rows, y] -= 1
+        return loss, g, correct
+
+
+class BinaryCrossEntropyWithLogits(Loss):
+    """l = max(z, 0) - z t + log(1 + e^-|z|) per output (stable);  g_out = sigmoid(z) - t."""
+
+    name = "binary_cross_entropy"
+    task = "classification"
+
+    def loss_and_grad(self, out, y):
+        t = y.reshape(out.shape).astype(out.dtype, copy=False)
+        loss = np.maximum(out, 0) - out * t + np.log1p(np.exp(-np.abs(out)))
+        g = self.ws.get("g", out.shape, out.dtype)
+        expit(out, out=g)
+        g -= t
+        correct = int(np.count_nonzero(np.all((out > 0) == (t > 0.5), axis=1)))
+        return float(np.sum(loss, dtype=np.float64)), g, correct
+
+
+class SquaredError(Loss):
+    """l_i = ||out_i - y_i||^2, the notes' l(e) = ||e||^2;  g_out = 2 (out - y)."""
+
+    name = "mse"
+    task = "regression"
+
+    def loss_and_grad(self, out, y):
+        g = self.ws.get("g", out.shape, out.dtype)
+        np.subtract(out, y.reshape(out.shape), out=g)
+        loss = float(np.sum(np.square(g, dtype=np.float64)))
+        g *= 2
+        return loss, g, 0
+
+
+LOSSES: dict[str, type[Loss]] = {
+    cls.name: cls for cls in (SoftmaxCrossEntropy, BinaryCrossEntropyWithLogits, SquaredError)
+}
+ALIASES = {"cross_entropy": "softmax_cross_entropy", "softmax_ce": "softmax_cross_entropy",
+           "bce": "binary_cross_entropy", "bce_with_logits": "binary_cross_entropy",
+           "squared_error": "mse"}

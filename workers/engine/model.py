@@ -1,0 +1,162 @@
+"""The executable model: a flat parameter buffer, forward, backward and the sums workers return.
+
+The decomposition everything rests on: the loss is a sum of per-example sub-losses,
+L(theta) = sum_i l_i(theta), so its gradient over a batch is the sum of the gradients
+over any partition of the batch. `grad_sum` therefore returns *sums* (gradient, loss,
+example count, correct predictions); the caller divides once by the global count.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+import numpy as np
+
+from .graph import ParamInfo, build_graph
+from .losses import LOSSES, Loss
+from .spec import INPUT, Limits, ModelSpec
+from .workspace import Workspace
+
+
+@dataclass
+class GradSum:
+    """Sums over a batch: sum_i grad l_i, sum_i l_i, the example count, correct predictions."""
+
+    grad: np.ndarray
+    loss: float
+    count: int
+    correct: int
+
+
+@dataclass
+class EvalSum:
+    loss: float
+    count: int
+    correct: int
+
+
+class Model:
+    """A validated graph plus the layout of its parameters in one contiguous flat vector.
+
+    Parameters are never stored here: every call takes the flat vector `theta`, so the
+    same Model serves any version of the weights (the coordinator owns them).
+    """
+
+    def __init__(self, spec: ModelSpec | Mapping[str, Any], dtype: Any = np.float32,
+                 limits: Limits = Limits()) -> None:
+        self.spec = ModelSpec.from_dict(spec, limits)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.graph = build_graph(self.spec, limits)
+        for op in self.graph.ops.values():
+            op.dtype = self.dtype
+        self.loss_fn: Loss | None = LOSSES[self.spec.loss]() if self.spec.loss else None
+        self.params: list[ParamInfo] = self.graph.params
+        self.num_params = self.graph.num_params
+        self.output_dim = self.graph.dims[self.graph.output]
+        self._ws = Workspace()
+        self._requires = self._requires_grad(input_grad=False)
+
+    # --- parameters -----------------------------------------------------------------
+    def init_params(self, seed: int) -> np.ndarray:
+        """Deterministic initial weights from (spec, seed).
+
+        Each node draws from its own stream seeded by (seed, crc32(node name)), so adding
+        or reordering nodes does not change the others' initial weights.
+        """
+        theta = np.empty(self.num_params, dtype=self.dtype)
+        for owner in dict.fromkeys(p.owner for p in self.params):
+            infos = [p for p in self.params if p.owner == owner]
+            rng = np.random.default_rng([seed, zlib.crc32(owner.encode())])
+            shapes = {p.name.split(".", 1)[1]: p.shape for p in infos}
+            values = self.graph.ops[owner].init_params(shapes, rng, infos[0].scheme)
+            for p in infos:
+                theta[p.offset:p.offset + p.size] = values[p.name.split(".", 1)[1]].ravel()
+        return theta
+
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Named views (no copies) of a flat parameter or gradient vector."""
+        return {p.name: flat[p.offset:p.offset + p.size].reshape(p.shape) for p in self.params}
+
+    # --- forward / backward ---------------------------------------------------------------
+    def forward(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """The output node's value; valid until the next call (copy it to keep it)."""
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        views = self.views(theta)
+        values = {INPUT: X}
+        for node in self.graph.order:
+            p = {k: views[v] for k, v in self.graph.uses.get(node.name, {}).items()}
+            values[node.name] = self.graph.ops[node.name].forward([values[i] for i in node.inputs], p)
+        return values[self.graph.output]
+
+    def backward(self, g_out: np.ndarray, grad: np.ndarray | None = None,
+                 input_grad: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
+        """Run g_out -> g_in from the output back to the input, after `forward`.
+
+        Returns (g_X or None, flat parameter gradient). A node feeding several others
+        receives the sum of their g_in's; a shared parameter the sum over its users.
+        """
+        if grad is None:
+            grad = np.empty(self.num_params, dtype=self.dtype)
+        requires = self._requires if not input_grad else self._requires_grad(True)
+        gviews = self.views(grad)
+        written: set[str] = set()
+        pending: dict[str, list[np.ndarray]] = {self.graph.output: [g_out]}
+        for node in reversed(self.graph.order):
+            contribs = pending.pop(node.name, [])
+            if not contribs:
+                continue
+            g = self._accumulate(node.name, contribs)
+            uses = self.graph.uses.get(node.name, {})
+            into = {k: gviews[v] for k, v in uses.items() if v not in written}
+            g_ins, grads = self.graph.ops[node.name].backward(g, [requires[i] for i in node.inputs], into)
+            for k, v in uses.items():
+                if k not in into:  # a shared parameter already written by another user
+                    gviews[v] += grads[k]
+            written.update(uses.values())
+            for inp, g_in in zip(node.inputs, g_ins):
+                if g_in is not None:
+                    pending.setdefault(inp, []).append(g_in)
+        g_x = self._accumulate(INPUT, pending[INPUT]) if input_grad and INPUT in pending else None
+        return (None if g_x is None else g_x.copy()), grad
+
+    def _accumulate(self, name: str, contribs: list[np.ndarray]) -> np.ndarray:
+        if len(contribs) == 1:
+            return contribs[0]
+        acc = self._ws.get("acc_" + name, contribs[0].shape, self.dtype)
+        np.add(contribs[0], contribs[1], out=acc)
+        for c in contribs[2:]:
+            acc += c
+        return acc
+
+    def _requires_grad(self, input_grad: bool) -> dict[str, bool]:
+        """A value needs a gradient iff a parameter (or the input, if asked) lies upstream."""
+        req = {INPUT: input_grad}
+        for node in self.graph.order:
+            req[node.name] = bool(self.graph.uses.get(node.name)) or any(req[i] for i in node.inputs)
+        return req
+
+    # --- what workers call -----------------------------------------------------------------
+    def grad_sum(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
+                 out: np.ndarray | None = None) -> GradSum:
+        """Sum over the batch of the per-example gradients, losses and correct predictions."""
+        loss_fn = self._need_loss()
+        z = self.forward(theta, X)
+        loss, g_out, correct = loss_fn.loss_and_grad(z, y)
+        _, grad = self.backward(g_out, grad=out)
+        return GradSum(grad=grad, loss=loss, count=len(X), correct=correct)
+
+    def evaluate(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> EvalSum:
+        loss, correct = self._need_loss().loss(self.forward(theta, X), y)
+        return EvalSum(loss=loss, count=len(X), correct=correct)
+
+    def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return self.forward(theta, X).copy()
+
+    def _need_loss(self) -> Loss:
+        if self.loss_fn is None:
+            raise ValueError("model.loss: this model has no loss; set one to train or evaluate")
+        return self.loss_fn

@@ -1,0 +1,69 @@
+"""The contract every graph node follows.
+
+An op maps input activations (each of shape ``(batch, features)``) and its parameters to
+one output. ``forward`` caches what ``backward`` needs; ``backward(g_out)`` applies the
+local chain rule, g_in = (d out / d in)^T g_out, and returns ``(g_ins, grads)``: one
+gradient per input and one per parameter. It never changes a parameter: the optimizer
+lives in the coordinator and the gradient of a shared parameter is the sum of the
+contributions of every node that uses it (the executor adds them).
+
+Buffers come from a per-op :class:`Workspace`, so the arrays an op returns stay valid
+only until its next call; the executor copies whatever it hands out.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from .workspace import Workspace
+
+Array = np.ndarray
+
+
+class Op:
+    """Base class: subclasses set `arity`, `param_names` and implement the four methods."""
+
+    arity: ClassVar[int | None] = 1  # None: two or more inputs
+    param_names: ClassVar[tuple[str, ...]] = ()
+    attr_defaults: ClassVar[dict[str, Any]] = {}
+    required_attrs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **attrs: Any) -> None:
+        self.attrs = {**self.attr_defaults, **attrs}
+        self.ws = Workspace()
+        self.dtype: np.dtype = np.dtype(np.float32)
+
+    # --- shapes -----------------------------------------------------------------
+    def out_dim(self, in_dims: Sequence[int]) -> int:
+        """Output feature count; raises ValueError with a reason for incompatible inputs."""
+        return in_dims[0]
+
+    def param_shapes(self, in_dims: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def init_params(self, shapes: dict[str, tuple[int, ...]], rng: np.random.Generator,
+                    scheme: str) -> dict[str, Array]:
+        return {}
+
+    # --- computation --------------------------------------------------------------
+    def forward(self, xs: Sequence[Array], p: dict[str, Array]) -> Array:
+        raise NotImplementedError
+
+    def backward(self, g_out: Array, need: Sequence[bool],
+                 into: dict[str, Array] | None = None) -> tuple[list[Array | None], dict[str, Array]]:
+        """Return (g_ins, grads). `need[i]` False: skip input i's gradient (return None).
+
+        `into` optionally names destination arrays for the parameter gradients, so a
+        gradient lands directly in the flat gradient buffer without a copy.
+        """
+        raise NotImplementedError
+
+    # --- helpers ------------------------------------------------------------------
+    def buf(self, key: str, shape: tuple[int, ...]) -> Array:
+        return self.ws.get(key, shape, self.dtype)
+
+    def grad_dest(self, into: dict[str, Array] | None, name: str, shape: tuple[int, ...]) -> Array:
+        if into is not None and name in into:
+            return into[name]
+        return self.buf("grad_" + name, shape)

@@ -1,0 +1,22 @@
+"""Op names as they appear in specs, and the one positional argument of the shorthand."""
+from __future__ import annotations
+
+from . import activations as act
+from . import elementwise as ew
+from .layers import Linear, PReLU
+from .op import Op
+
+OPS: dict[str, type[Op]] = {
+    "linear": Linear, "prelu": PReLU,
+    "sigmoid": act.Sigmoid, "tanh": act.Tanh, "relu": act.ReLU, "leaky_relu": act.LeakyReLU,
+    "elu": act.ELU, "gelu": act.GELU, "softplus": act.Softplus,
+    "add": ew.Add, "sub": ew.Sub, "mul": ew.Mul, "div": ew.Div, "concat": ew.Concat,
+    "exp": ew.Exp, "log": ew.Log, "sin": ew.Sin, "cos": ew.Cos, "pow": ew.Pow, "slice": ew.Slice,
+}
+
+# "linear 512", "leaky_relu 0.1", "pow 2": the attribute a bare argument sets.
+POSITIONAL = {"linear": "units", "leaky_relu": "alpha", "elu": "alpha", "pow": "exponent",
+              "prelu": "init"}
+
+# Activations after which a linear layer is initialised with He's scheme.
+RELU_LIKE = {"relu", "leaky_relu", "elu", "gelu", "prelu", "softplus"}
