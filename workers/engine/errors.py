@@ -12,3 +12,6 @@ class SpecError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+    def __reduce__(self):  # survives pickling, e.g. when Ray carries it between processes
+        return (type(self), (self.field, self.message))
