@@ -1,0 +1,31 @@
+"""Datasets for dptrain workers and the coordinator.
+
+Usage::
+
+    from workers.data import DatasetSpec, load_dataset
+    train, val = load_dataset(DatasetSpec.from_dict(cfg["dataset"]), dtype=np.float32)
+
+Sources: digits, teacher, spirals, blobs, regression (synthetic, seeded) and
+npz, csv (user files). See ``PARAM_SCHEMAS`` for each source's params/defaults.
+"""
+
+from .dataset import CLASSIFICATION, REGRESSION, Dataset, train_val_split
+from .files import from_arrays
+from .loader import LOADERS, MAX_EXAMPLES, MAX_FEATURES, load_dataset
+from .spec import MAX_CLASSES, PARAM_SCHEMAS, DatasetSpec, SpecError
+
+__all__ = [
+    "CLASSIFICATION",
+    "REGRESSION",
+    "Dataset",
+    "DatasetSpec",
+    "SpecError",
+    "load_dataset",
+    "train_val_split",
+    "from_arrays",
+    "LOADERS",
+    "PARAM_SCHEMAS",
+    "MAX_EXAMPLES",
+    "MAX_FEATURES",
+    "MAX_CLASSES",
+]

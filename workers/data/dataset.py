@@ -1,0 +1,101 @@
+"""The in-memory ``Dataset`` container and the seeded train/validation split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Dataset", "CLASSIFICATION", "REGRESSION", "train_val_split", "as_float_dtype"]
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+def as_float_dtype(dtype: object) -> np.dtype:
+    """Normalise a requested feature dtype; the engine only supports float32/float64."""
+    error = ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if dtype is None:  # np.dtype(None) would silently mean float64
+        raise error
+    try:
+        dt = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError:
+        raise error from None
+    if dt.type not in (np.float32, np.float64):
+        raise error
+    return dt
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Features and targets in the layout the numpy engine expects.
+
+    ``X`` is 2-D and C-contiguous (row slices are cheap, matmuls hit BLAS fast
+    paths). Classification targets are int64 labels in ``[0, n_classes)``;
+    regression targets are a float ``(n, k)`` matrix with ``X``'s dtype. The
+    invariants are checked here so shards built elsewhere cannot drift.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    task: str
+    n_classes: int | None
+    name: str
+
+    def __post_init__(self) -> None:
+        X, y = self.X, self.y
+        if X.ndim != 2 or not X.flags.c_contiguous or X.dtype not in (np.float32, np.float64):
+            raise ValueError(f"X must be a 2-D C-contiguous float32/float64 array, got {X.dtype} {X.shape}")
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
+        if self.task == CLASSIFICATION:
+            if y.ndim != 1 or y.dtype != np.int64 or not isinstance(self.n_classes, int) or self.n_classes < 1:
+                raise ValueError("classification needs 1-D int64 labels and a positive n_classes")
+        elif self.task == REGRESSION:
+            if y.ndim != 2 or y.dtype.kind != "f" or self.n_classes is not None:
+                raise ValueError("regression needs 2-D float targets and n_classes=None")
+        else:
+            raise ValueError(f"task must be {CLASSIFICATION!r} or {REGRESSION!r}, got {self.task!r}")
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the model's output layer: classes, or regression target columns."""
+        return self.n_classes if self.n_classes is not None else int(self.y.shape[1])
+
+    def take(self, indices: np.ndarray) -> Dataset:
+        """Row subset as fresh contiguous arrays (used for splits and worker shards)."""
+        idx = np.asarray(indices, dtype=np.intp)
+        return Dataset(np.ascontiguousarray(self.X[idx]), np.ascontiguousarray(self.y[idx]),
+                       self.task, self.n_classes, self.name)
+
+
+def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
+    """(n_train, n_val): round to nearest, but a non-zero fraction always yields >= 1 val example."""
+    if val_fraction <= 0.0:
+        return n, 0
+    n_val = max(1, int(round(n * val_fraction)))
+    return n - n_val, n_val
+
+
+def train_val_split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Deterministic split chosen by ``default_rng(seed).permutation``.
+
+    Each part keeps the source's row order (indices are sorted), so the train
+    set for a given seed does not depend on how the data loader later shuffles.
+    Raises ValueError if the split would leave no training examples.
+    """
+    n_train, n_val = split_sizes(ds.n, val_fraction)
+    if n_val == 0:
+        return ds, None
+    if n_train < 1:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training examples out of {ds.n}")
+    perm = np.random.default_rng(seed).permutation(ds.n)
+    return ds.take(np.sort(perm[n_val:])), ds.take(np.sort(perm[:n_val]))
