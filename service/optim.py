@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -110,6 +110,14 @@ class OptimizerSpec:
             raise SpecError("schedule", f"must be a ScheduleSpec, got {type(self.schedule).__name__}")
         if self.schedule.min_lr > self.lr:
             raise SpecError("schedule.min_lr", f"must be <= lr ({self.lr:g}), got {self.schedule.min_lr:g}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form that `from_dict` reads back (for job records and checkpoints)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "schedule"}
+        if self.name == "sgd":
+            d.pop("momentum")
+        d["schedule"] = {f.name: getattr(self.schedule, f.name) for f in fields(self.schedule)}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "optimizer") -> OptimizerSpec:
