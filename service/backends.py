@@ -1,0 +1,97 @@
+"""Where a step's plans are computed: in this process, or on a pool of Ray workers.
+
+Both return one `Outcome` per plan, from the same `ShardComputer` arithmetic, so the
+in-process loop is the reference that any number of Ray workers must match bit for bit.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.pool import Outcome, WorkerPool
+from workers.shard import Plan, ShardComputer
+
+
+class Backend(Protocol):
+    size: int
+
+    def publish(self, theta: np.ndarray) -> None: ...
+    def run(self, method: str, plans: list[Plan]) -> list[Outcome]: ...
+    def resize(self, n: int) -> None: ...
+    def nodes(self) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+    @property
+    def failures(self) -> int: ...
+
+
+class LocalBackend:
+    """The plain single-process loop: one computer, every chunk, no Ray."""
+
+    size = 1
+    failures = 0
+
+    def __init__(self, model_spec, dtype, X, y, X_val, y_val, seed) -> None:
+        self.computer = ShardComputer(model_spec, dtype, X, y, X_val, y_val, seed, threads=1)
+        self.theta: np.ndarray | None = None
+
+    def publish(self, theta: np.ndarray) -> None:
+        self.theta = theta
+
+    def run(self, method: str, plans: list[Plan]) -> list[Outcome]:
+        assert len(plans) == 1, "the local backend computes a step as one plan"
+        t0 = time.perf_counter()
+        parts = self.computer.compute(self.theta, plans[0])
+        dt = time.perf_counter() - t0
+        return [Outcome(parts, dt, dt, 0, "local")]
+
+    def resize(self, n: int) -> None:
+        """A single process has one worker; asking for more changes nothing (by design)."""
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"worker": 0, "node_id": "local"}]
+
+    def close(self) -> None:
+        self.computer = None  # type: ignore[assignment]
+
+
+class RayBackend:
+    """Data put once into the object store; per step, one weights reference and small plans."""
+
+    def __init__(self, model_spec, dtype, X, y, X_val, y_val, seed, workers: int, cpus: float,
+                 timeout_s: float, budget_s: float) -> None:
+        import ray
+
+        from service.runtime import ensure_ray
+
+        ensure_ray()
+        self._ray = ray
+        refs = [ray.put(a) if a is not None else None for a in (X, y, X_val, y_val)]
+        self.pool = WorkerPool((model_spec, dtype, *refs, seed, cpus), workers, cpus, timeout_s, budget_s)
+        self.theta_ref: Any = None
+
+    @property
+    def size(self) -> int:
+        return len(self.pool.slots)
+
+    @property
+    def failures(self) -> int:
+        return self.pool.failures
+
+    def publish(self, theta: np.ndarray) -> None:
+        """Broadcast: one copy into the object store, passed by reference to every worker."""
+        self.theta_ref = self._ray.put(theta)
+
+    def run(self, method: str, plans: list[Plan]) -> list[Outcome]:
+        return self.pool.run(method, self.theta_ref, plans)
+
+    def resize(self, n: int) -> None:
+        self.pool.resize(n)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self.pool.nodes()
+
+    def close(self) -> None:
+        self.pool.shutdown()

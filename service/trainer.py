@@ -1,0 +1,220 @@
+"""The coordinator's step loop: plan, compute on workers, reduce, divide once, update, broadcast.
+
+    from service.config import TrainConfig
+    from service.trainer import Trainer
+    t = Trainer(TrainConfig.from_dict(job), backend="ray")
+    for m in t.run():
+        print(m.step, m.loss)
+
+One step, for a global batch B of the epoch's permutation:
+  1. cut B into fixed micro-chunks and give each worker a contiguous run of them;
+  2. each worker returns sums over its chunks (gradient, loss, count, correct);
+  3. finish the fixed reduction tree, then g = sum / |B| (divided once, globally);
+  4. theta <- optimizer(theta, g, lr(step)); put theta in the object store once (version+1).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from service.backends import Backend, LocalBackend, RayBackend
+from service.config import TrainConfig
+from service.ledger import EpochLedger, LedgerError
+from service.optim import make_optimizer
+from service.telemetry import StepMetrics, WorkerTiming
+from workers.data import Dataset, load_dataset
+from workers.engine import Model, SpecError
+from workers.shard import Partial, Plan, add_into, epoch_permutation
+from workers.tree import chunk_bounds, root, split_runs, tree_sum
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint needs; the data order is a function of (seed, epoch)."""
+
+    theta: np.ndarray
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # examples of `epoch` already used
+    version: int = 0
+
+
+def check_compatible(model: Model, data: Dataset) -> None:
+    """The model must read the dataset's features and its loss must fit the targets."""
+    if model.spec.input != data.n_features:
+        raise SpecError("model.input", f"is {model.spec.input} but dataset {data.name!r} has "
+                                       f"{data.n_features} features")
+    loss = model.spec.loss
+    if loss is None:
+        raise SpecError("model.loss", "required for training")
+    if loss == "mse":
+        if data.task != "regression" or data.n_outputs != model.output_dim:
+            raise SpecError("model.loss", f"mse needs regression targets of width {model.output_dim}; "
+                                          f"dataset {data.name!r} is {data.task} with {data.n_outputs} outputs")
+    elif data.task != "classification":
+        raise SpecError("model.loss", f"{loss} needs class labels; dataset {data.name!r} is {data.task}")
+    elif loss == "softmax_cross_entropy" and data.n_classes > model.output_dim:
+        raise SpecError("model", f"output width {model.output_dim} < {data.n_classes} classes of {data.name!r}")
+    elif loss == "binary_cross_entropy" and (model.output_dim != 1 or data.n_classes > 2):
+        raise SpecError("model.loss", "binary_cross_entropy needs one output and labels 0/1")
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, backend: str = "ray", state: TrainState | None = None,
+                 on_step: Callable[[StepMetrics], None] | None = None,
+                 on_weights: Callable[[int, int, np.ndarray], None] | None = None,
+                 data: tuple[Dataset, Dataset | None] | None = None) -> None:
+        self.config = config
+        self.model = config.build_model()
+        self.train, self.val = data or load_dataset(config.dataset, dtype=config.dtype)
+        check_compatible(self.model, self.train)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+        self.optimizer = make_optimizer(config.optimizer, self.model.num_params, self.model.dtype)
+        self.state = state or TrainState(theta=self.model.init_params(config.seed))
+        if state is not None and state.optimizer:
+            self.optimizer.load_state_dict(state.optimizer)
+        self.on_step, self.on_weights = on_step, on_weights
+        self.ledger = EpochLedger(self.train.n, self.state.epoch)
+        self.grad = np.empty_like(self.state.theta)  # the mean gradient, reused every step
+        self._scratch: dict[tuple[int, int], np.ndarray] = {}
+        self._perm: tuple[int, np.ndarray] | None = None
+        args = (config.model.to_dict(), config.dtype, self.train.X, self.train.y,
+                None if self.val is None else self.val.X, None if self.val is None else self.val.y, config.seed)
+        if backend == "local":
+            self.backend: Backend = LocalBackend(*args)
+        elif backend == "ray":
+            self.backend = RayBackend(*args, workers=config.workers, cpus=config.cpus_per_worker,
+                                      timeout_s=config.worker_timeout_s, budget_s=config.recovery_budget_s)
+        else:
+            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+        self.backend.publish(self.state.theta)
+
+    # --- the schedule of batches -------------------------------------------------------
+    def _steps_per_epoch(self) -> int:
+        n, bs = self.train.n, self.config.batch_size
+        steps = n // bs if self.config.drop_last else math.ceil(n / bs)
+        if steps == 0:
+            raise SpecError("job.batch_size", f"{bs} exceeds the {n} training examples with drop_last")
+        return steps
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    def _next_batch(self) -> tuple[int, int, int]:
+        """(epoch, start, size) of the next batch, rolling over to a new epoch when due."""
+        s, n, bs = self.state, self.train.n, self.config.batch_size
+        if s.position >= n or (self.config.drop_last and n - s.position < bs):
+            self.ledger.close()
+            s.epoch, s.position = s.epoch + 1, 0
+        return s.epoch, s.position, min(bs, n - s.position)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, epoch_permutation(self.config.seed, epoch, self.train.n))
+        return self._perm[1]
+
+    def _plans(self, epoch: int, start: int, size: int) -> list[Plan]:
+        n_chunks = len(chunk_bounds(size, self.config.chunk_size))
+        runs = [r for r in split_runs(n_chunks, self.backend.size) if r[1] > r[0]]
+        return [Plan(epoch, start, size, self.config.chunk_size, r) for r in runs]
+
+    # --- reduction ------------------------------------------------------------------
+    def _reduce(self, outcomes, size: int) -> Partial:
+        """Finish the fixed tree over the workers' partial sums (left subtree first)."""
+        known = {p.node: p for o in outcomes for p in o.parts}
+        n_chunks = len(chunk_bounds(size, self.config.chunk_size))
+
+        def add(left: Partial, right: Partial) -> Partial:
+            node = (left.node[0], right.node[1])
+            out = None
+            if left.grad is not None:
+                out = self._scratch.get(node)
+                if out is None:
+                    out = self._scratch[node] = np.empty_like(left.grad)
+            return add_into(left, right, out)
+
+        return tree_sum(root(n_chunks), n_chunks, known, add)
+
+    # --- one step -------------------------------------------------------------------------
+    def step(self) -> StepMetrics:
+        t0 = time.perf_counter()
+        failures0 = self.backend.failures
+        epoch, start, size = self._next_batch()
+        plans = self._plans(epoch, start, size)
+        outcomes = self.backend.run("compute", plans)
+        total = self._reduce(outcomes, size)
+        indices = self.permutation(epoch)[start:start + size]
+        if total.count != size or total.index_sum != int(indices.sum()):
+            raise LedgerError(f"step {self.state.step + 1}: workers used {total.count} examples "
+                              f"(index sum {total.index_sum}), planned {size} ({int(indices.sum())})")
+        self.ledger.record(epoch, indices)
+        np.divide(total.grad, total.count, out=self.grad)  # divide once, by the global count
+        lr = self.config.optimizer.lr_at(self.state.step, self.total_steps)
+        grad_norm = self.optimizer.step(self.state.theta, self.grad, lr)
+        s = self.state
+        s.step, s.position, s.version = s.step + 1, start + size, s.version + 1
+        self.backend.publish(s.theta)
+        if self.on_weights:
+            self.on_weights(s.version, s.step, s.theta)
+        elapsed = time.perf_counter() - t0
+        m = StepMetrics(step=s.step, epoch=epoch, loss=total.loss / size,
+                        accuracy=total.correct / size if self.train.task == "classification" else None,
+                        grad_norm=grad_norm, lr=lr, batch=size, samples_per_s=size / elapsed, step_s=elapsed,
+                        version=s.version, workers=self._timings(outcomes),
+                        failures=self.backend.failures - failures0)
+        every = self.config.val_every
+        if self.val is not None and ((every and s.step % every == 0) or self.done):
+            m.val_loss, m.val_accuracy = self.evaluate()
+        if self.on_step:
+            self.on_step(m)
+        return m
+
+    def _timings(self, outcomes) -> list[WorkerTiming]:
+        t = [WorkerTiming(o.worker, o.node, o.compute_s, o.total_s) for o in outcomes]
+        if len(t) > 1:
+            median = statistics.median(w.compute_s for w in t)
+            for w in t:
+                w.straggler = w.compute_s > 2 * median
+        return t
+
+    def run(self) -> Iterator[StepMetrics]:
+        while not self.done:
+            yield self.step()
+        self.ledger.close()
+
+    def evaluate(self) -> tuple[float, float | None]:
+        """Validation loss and accuracy: forward only, sharded like a training step."""
+        n = self.val.n
+        bounds = chunk_bounds(n, self.config.chunk_size)
+        runs = [r for r in split_runs(len(bounds), self.backend.size) if r[1] > r[0]]
+        plans = [Plan(-1, 0, n, self.config.chunk_size, r) for r in runs]
+        total = self._reduce(self.backend.run("compute", plans), n)
+        acc = total.correct / n if self.val.task == "classification" else None
+        return total.loss / n, acc
+
+    # --- control --------------------------------------------------------------------
+    def resize(self, workers: int) -> None:
+        """Change the worker count between steps: the weights' trajectory is unchanged."""
+        self.backend.resize(workers)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    @property
+    def theta(self) -> np.ndarray:
+        return self.state.theta
+
+    def stats(self) -> dict:
+        return {"epochs": [r.as_dict() for r in self.ledger.reports], "workers": self.backend.nodes(),
+                "failures": self.backend.failures, "steps": self.state.step, "total_steps": self.total_steps}
