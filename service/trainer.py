@@ -48,23 +48,26 @@ class TrainState:
     version: int = 0
 
 
-def check_compatible(model: Model, data: Dataset) -> None:
-    """The model must read the dataset's features and its loss must fit the targets."""
-    if model.spec.input != data.n_features:
-        raise SpecError("model.input", f"is {model.spec.input} but dataset {data.name!r} has "
-                                       f"{data.n_features} features")
+def check_compatible(model: Model, n_features: int, task: str, n_outputs: int, name: str) -> None:
+    """The model must read the dataset's features and its loss must fit the targets.
+
+    Takes the dataset's shape rather than its arrays, so the server can check a job
+    before accepting it without loading any data.
+    """
+    if model.spec.input != n_features:
+        raise SpecError("model.input", f"is {model.spec.input} but dataset {name!r} has {n_features} features")
     loss = model.spec.loss
     if loss is None:
         raise SpecError("model.loss", "required for training")
     if loss == "mse":
-        if data.task != "regression" or data.n_outputs != model.output_dim:
+        if task != "regression" or n_outputs != model.output_dim:
             raise SpecError("model.loss", f"mse needs regression targets of width {model.output_dim}; "
-                                          f"dataset {data.name!r} is {data.task} with {data.n_outputs} outputs")
-    elif data.task != "classification":
-        raise SpecError("model.loss", f"{loss} needs class labels; dataset {data.name!r} is {data.task}")
-    elif loss == "softmax_cross_entropy" and data.n_classes > model.output_dim:
-        raise SpecError("model", f"output width {model.output_dim} < {data.n_classes} classes of {data.name!r}")
-    elif loss == "binary_cross_entropy" and (model.output_dim != 1 or data.n_classes > 2):
+                                          f"dataset {name!r} is {task} with {n_outputs} outputs")
+    elif task != "classification":
+        raise SpecError("model.loss", f"{loss} needs class labels; dataset {name!r} is {task}")
+    elif loss == "softmax_cross_entropy" and n_outputs > model.output_dim:
+        raise SpecError("model", f"output width {model.output_dim} < {n_outputs} classes of {name!r}")
+    elif loss == "binary_cross_entropy" and (model.output_dim != 1 or n_outputs > 2):
         raise SpecError("model.loss", "binary_cross_entropy needs one output and labels 0/1")
 
 
@@ -76,7 +79,8 @@ class Trainer:
         self.config = config
         self.model = config.build_model()
         self.train, self.val = data or load_dataset(config.dataset, dtype=config.dtype)
-        check_compatible(self.model, self.train)
+        check_compatible(self.model, self.train.n_features, self.train.task, self.train.n_outputs,
+                         self.train.name)
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
         self.optimizer = make_optimizer(config.optimizer, self.model.num_params, self.model.dtype)
@@ -84,10 +88,12 @@ class Trainer:
         if state is not None and state.optimizer:
             self.optimizer.load_state_dict(state.optimizer)
         self.on_step, self.on_weights = on_step, on_weights
+        self._perm: tuple[int, np.ndarray] | None = None
         self.ledger = EpochLedger(self.train.n, self.state.epoch)
+        if self.state.position:  # resumed mid-epoch: the ledger re-counts what was used
+            self.ledger.record(self.state.epoch, self.permutation(self.state.epoch)[:self.state.position])
         self.grad = np.empty_like(self.state.theta)  # the mean gradient, reused every step
         self._scratch: dict[tuple[int, int], np.ndarray] = {}
-        self._perm: tuple[int, np.ndarray] | None = None
         args = (config.model.to_dict(), config.dtype, self.train.X, self.train.y,
                 None if self.val is None else self.val.X, None if self.val is None else self.val.y, config.seed)
         if backend == "local":

@@ -1,29 +1,31 @@
-"""Commands that need no server: `demo` and `gradcheck`."""
+"""Commands that need no running server: `demo` and `gradcheck`."""
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from workers.engine import SpecError, gradcheck
 
 from .specfile import load_spec
 
 DEMO_JOB = {
-    "name": "digits-mlp",
     "model": {"input": 64, "layers": ["linear 128", "relu", "linear 10"], "loss": "cross_entropy"},
     "dataset": {"name": "digits", "val_fraction": 0.2},
     "optimizer": {"name": "adam", "lr": 0.003},
     "batch_size": 64, "chunk_size": 32, "epochs": 20, "workers": 2, "cpus_per_worker": 0.5,
+    "val_every": 23,
 }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="train an MLP on the digits dataset, end to end")
+    demo = sub.add_parser("demo", help="start everything embedded and train an MLP on digits over gRPC")
     demo.add_argument("--epochs", type=int, default=DEMO_JOB["epochs"])
-    demo.add_argument("--local", action="store_true", help="in this process, without Ray")
+    demo.add_argument("--output", default="dptrain-demo-weights.npz", help="where to write the weights")
     demo.set_defaults(func=run_demo)
-    gc = sub.add_parser("gradcheck", help="check a model spec's backprop against finite differences")
+    gc = sub.add_parser("gradcheck", help="check a spec's backprop against finite differences")
     gc.add_argument("spec", help="YAML or JSON job or model spec")
     gc.add_argument("--tol", type=float, default=1e-6)
     gc.add_argument("--seed", type=int, default=0)
@@ -31,23 +33,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from service.config import TrainConfig
-    from service.trainer import Trainer
+    """Embedded Ray + server on a free loopback port; the job goes through the real gRPC path."""
+    import logging
 
-    cfg = TrainConfig.from_dict({**{k: v for k, v in DEMO_JOB.items() if k != "name"}, "epochs": args.epochs})
+    from service.client import Client
+    from service.server import ServerConfig, serve
+
+    from .export import save_weights
+    from .progress import console, follow
+
+    logging.getLogger("service").setLevel(logging.WARNING)
     started = time.monotonic()
-    print(f"dptrain demo: MLP 64-128-10 on digits, {args.epochs} epochs, "
-          f"{'in-process' if args.local else f'{cfg.workers} Ray workers'}")
-    trainer = Trainer(cfg, backend="local" if args.local else "ray")
-    try:
-        for m in trainer.run():
-            if m.step % trainer.steps_per_epoch == 0:
-                print(f"  epoch {m.epoch + 1:3d}  step {m.step:5d}  loss {m.loss:.4f}  "
-                      f"accuracy {m.accuracy:.3f}  {m.samples_per_s:,.0f} samples/s")
-    finally:
-        trainer.close()
-    print(f"validation loss {m.val_loss:.4f}, accuracy {m.val_accuracy:.4f} "
-          f"({time.monotonic() - started:.1f}s)")
+    console.print("[bold]dptrain demo[/bold]: MLP 64-128-10 on the digits dataset, 2 Ray workers, via gRPC")
+    with tempfile.TemporaryDirectory(prefix="dptrain-demo-") as state:
+        server = serve(ServerConfig(port=0, state_dir=Path(state)))
+        console.print(f"server up on {server.address} ({time.monotonic() - started:.1f}s, Ray included)")
+        try:
+            with Client(server.address) as c:
+                job = c.submit({**DEMO_JOB, "epochs": args.epochs}, name="digits-mlp")
+                final = follow(c, job.id)
+                if final.state != 3:  # SUCCEEDED
+                    return 1
+                _, _, weights = c.weights(job.id)
+        finally:
+            server.stop()
+    save_weights(args.output, weights)
+    m = final.latest_metrics
+    console.print(f"validation accuracy [bold]{m.val_accuracy:.4f}[/bold]; weights in {Path(args.output).resolve()} "
+                  f"({time.monotonic() - started:.1f}s in all)")
     return 0
 
 

@@ -5,13 +5,19 @@ import argparse
 import logging
 import sys
 
-from . import local
+import grpc
+
+from workers.engine import SpecError
+
+from . import local, remote, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dptrain", description="Exact data-parallel training as a service.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve.register(sub)
+    remote.register(sub)
     local.register(sub)
     return p
 
@@ -24,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except grpc.RpcError as e:  # a server's answer: show its status and message, not a traceback
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2
+    except (SpecError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

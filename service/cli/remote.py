@@ -1,0 +1,145 @@
+"""Commands that talk to a running server: submit, jobs, status, watch, cancel, weights,
+predict, datasets."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .progress import console, follow, job_rows, summary
+from .specfile import load_spec
+
+
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=os.environ.get("DPTRAIN_ADDRESS", "127.0.0.1:50051"),
+                   help="server address (env DPTRAIN_ADDRESS)")
+    p.add_argument("--token", default=os.environ.get("DPTRAIN_TOKEN"), help="bearer token (env DPTRAIN_TOKEN)")
+    p.add_argument("--tls-ca", default=os.environ.get("DPTRAIN_TLS_CA"), help="CA certificate for TLS")
+
+
+def client(args: argparse.Namespace):
+    from service.client import Client
+
+    return Client(args.address, token=args.token, tls_ca=args.tls_ca)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    def cmd(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        add_connection_args(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = cmd("submit", submit, "submit a job spec (YAML or JSON)")
+    p.add_argument("spec")
+    p.add_argument("--name", help="label for the job (default: the spec's name or file name)")
+    p.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
+    cmd("jobs", jobs, "list jobs").add_argument("--state", action="append", help="filter by state (repeatable)")
+    cmd("status", status, "show one job").add_argument("job")
+    p = cmd("watch", watch, "follow a job's progress")
+    p.add_argument("job")
+    p.add_argument("--from-step", type=int, default=0)
+    cmd("cancel", cancel, "cancel a queued or running job").add_argument("job")
+    p = cmd("weights", weights, "download a job's weights (.npz or .safetensors)")
+    p.add_argument("job")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--step", type=int, help="a checkpointed step instead of the latest weights")
+    p = cmd("predict", predict, "run a job's model on inputs from an .npz (array X)")
+    p.add_argument("job")
+    p.add_argument("inputs")
+    p.add_argument("-o", "--output", help="write outputs to this .npz instead of printing")
+    ds = sub.add_parser("datasets", help="upload and list datasets").add_subparsers(dest="ds", required=True)
+    p = ds.add_parser("upload", help="upload an .npz (X, y) or .csv file")
+    add_connection_args(p)
+    p.add_argument("file")
+    p.add_argument("--label", help="csv: label column name or index")
+    p.set_defaults(func=upload)
+    p = ds.add_parser("ls", help="list uploaded datasets")
+    add_connection_args(p)
+    p.set_defaults(func=datasets)
+
+
+def submit(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    name = args.name or spec.pop("name", None) or Path(args.spec).stem
+    spec.pop("name", None)
+    with client(args) as c:
+        job = c.submit(spec, name=name)
+        console.print(f"submitted job [bold]{job.id}[/bold] ({name})")
+        if args.watch:
+            final = follow(c, job.id)
+            return 0 if final.state == 3 else 1  # SUCCEEDED
+    return 0
+
+
+def jobs(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        console.print(job_rows(c.list([s.upper() for s in args.state or []])))
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        summary(c.get(args.job))
+    return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        final = follow(c, args.job, from_step=args.from_step)
+    return 0 if final.state == 3 else 1
+
+
+def cancel(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        job = c.cancel(args.job)
+    console.print(f"cancelling job {job.id}")
+    return 0
+
+
+def weights(args: argparse.Namespace) -> int:
+    from .export import save_weights
+
+    with client(args) as c:
+        version, step, arrays = c.weights(args.job, args.step)
+    save_weights(args.output, arrays)
+    console.print(f"wrote {len(arrays)} tensors (version {version}, step {step}) to {args.output}")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    with np.load(args.inputs, allow_pickle=False) as f:
+        X = f["X"] if "X" in f else f[f.files[0]]
+    with client(args) as c:
+        out = c.predict(args.job, X)
+    if args.output:
+        np.savez(args.output, outputs=out)
+        console.print(f"wrote outputs {out.shape} to {args.output}")
+    else:
+        np.set_printoptions(precision=4, suppress=True)
+        print(out)
+    return 0
+
+
+def upload(args: argparse.Namespace) -> int:
+    opts = {}
+    if args.label is not None:
+        opts["label"] = int(args.label) if args.label.isdigit() else args.label
+    with client(args) as c:
+        info = c.upload_dataset(args.file, **opts)
+    console.print(f"dataset [bold]{info.id}[/bold]: {info.n} examples, {info.n_features} features, {info.task}")
+    console.print(f"use it as: dataset: {{name: {info.format}, params: {{path: {info.id}}}}}")
+    return 0
+
+
+def datasets(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    t = Table("id", "file", "format", "n", "features", "task")
+    with client(args) as c:
+        for d in c.datasets():
+            t.add_row(d.id[:16], d.filename, d.format, str(d.n), str(d.n_features), d.task)
+    console.print(t)
+    return 0

@@ -1,0 +1,59 @@
+"""`dptrain serve`: the coordinator as a long-running gRPC server."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the gRPC coordinator")
+    p.add_argument("--host", default=os.environ.get("DPTRAIN_HOST", "127.0.0.1"),
+                   help="bind address (default loopback; any other requires a token)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("DPTRAIN_PORT", 50051)))
+    p.add_argument("--state-dir", type=Path, default=None, help="job store, checkpoints, datasets "
+                   "(env DPTRAIN_HOME, default ~/.dptrain)")
+    p.add_argument("--max-running-jobs", type=int, default=int(os.environ.get("DPTRAIN_MAX_RUNNING_JOBS", 1)))
+    p.add_argument("--token", default=os.environ.get("DPTRAIN_TOKEN"), help="bearer token (env DPTRAIN_TOKEN)")
+    p.add_argument("--tls-cert", type=Path, default=os.environ.get("DPTRAIN_TLS_CERT"))
+    p.add_argument("--tls-key", type=Path, default=os.environ.get("DPTRAIN_TLS_KEY"))
+    p.add_argument("--metrics-port", type=int, default=_env_int("DPTRAIN_METRICS_PORT"),
+                   help="serve Prometheus metrics on this port")
+    p.add_argument("--ray-address", default=os.environ.get("DPTRAIN_RAY_ADDRESS"),
+                   help="join this Ray cluster instead of starting an embedded one")
+    p.add_argument("--ray-num-cpus", type=float, default=None, help="CPUs of the embedded Ray instance")
+    p.set_defaults(func=run)
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name)
+    return int(v) if v else None
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from service.server import ServerConfig, serve
+
+    logging.getLogger("service").setLevel(logging.INFO)
+    kw = {"state_dir": args.state_dir} if args.state_dir else {}
+    cfg = ServerConfig(host=args.host, port=args.port, max_running_jobs=args.max_running_jobs,
+                       token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                       metrics_port=args.metrics_port, ray_address=args.ray_address,
+                       ray_num_cpus=args.ray_num_cpus, **kw)
+    generated = cfg.ensure_token()
+    server = serve(cfg)
+    print(f"dptrain listening on {server.address}" + (f" (metrics on :{server.metrics_port})"
+                                                     if server.metrics_port else ""), flush=True)
+    if generated:
+        print(f"bearer token (generated): {cfg.token}", flush=True)
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("shutting down: running jobs are checkpointed and will resume", flush=True)
+    server.stop()
+    return 0

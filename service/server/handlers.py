@@ -1,0 +1,156 @@
+"""Plain functions behind each RPC: a request in, a response (or a stream) out.
+
+They raise the service's own exceptions; the servicer maps those to status codes.
+Nothing here touches gRPC, so each can be called and tested directly.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from service.rpc import convert, pb
+from service.store.checkpoints import CheckpointNotFound
+from workers.engine import Model, SpecError
+
+from .datasets import TooLarge
+from .manager import TERMINAL, JobManager
+
+
+class NotReady(Exception):
+    """The job is not in a state where this request makes sense (FAILED_PRECONDITION)."""
+
+
+def submit_job(m: JobManager, req: pb.JobSpec) -> pb.Job:
+    rec = m.submit(req.name, convert.job_spec_to_dict(req))
+    return convert.record_to_job(rec)
+
+
+def get_job(m: JobManager, req: pb.GetJobRequest) -> pb.Job:
+    return convert.record_to_job(m.store.get(req.job_id))
+
+
+def list_jobs(m: JobManager, req: pb.ListJobsRequest) -> pb.ListJobsResponse:
+    states = [convert.state_from_pb(s) for s in req.states if s != pb.JOB_STATE_UNSPECIFIED]
+    if req.page_size < 0:
+        raise SpecError("page_size", f"must be >= 0, got {req.page_size}")
+    records, token = m.store.list(states or None, req.page_size or 50, req.page_token)
+    return pb.ListJobsResponse(jobs=[convert.record_to_job(r) for r in records], next_page_token=token)
+
+
+def cancel_job(m: JobManager, req: pb.CancelJobRequest) -> pb.Job:
+    rec = m.store.get(req.job_id)
+    if rec.state in TERMINAL:
+        raise NotReady(f"job {req.job_id} is already {rec.state}")
+    return convert.record_to_job(m.cancel(req.job_id))
+
+
+def watch_job(m: JobManager, req: pb.WatchJobRequest, active: Callable[[], bool]) -> Iterator[pb.JobEvent]:
+    """The job's state, then every step's metrics from `from_step` on, live until it ends."""
+    feed = m.feed(req.job_id)
+    next_step, changes = max(req.from_step, 0), -1
+    while active():
+        if feed.changes != changes:
+            changes, state = feed.changes, feed.state
+            yield pb.JobEvent(state=pb.StateChange(state=convert.state_to_pb(state), message=feed.message))
+        for step, metrics in feed.since(next_step):
+            yield pb.JobEvent(metrics=convert.metrics_to_pb(metrics))
+            next_step = step + 1
+        if feed.state in TERMINAL and not feed.since(next_step) and changes == feed.changes:
+            return
+        feed.wait(next_step - 1, changes, timeout=0.5)
+
+
+def stream_weights(m: JobManager, req: pb.StreamWeightsRequest, active: Callable[[], bool],
+                   max_bytes: int) -> Iterator[pb.WeightsUpdate]:
+    """Every `every_n_steps`-th version of the weights, as the job produces them."""
+    if req.every_n_steps < 0:
+        raise SpecError("every_n_steps", f"must be >= 0, got {req.every_n_steps}")
+    rec = m.store.get(req.job_id)
+    if rec.state in TERMINAL:
+        raise NotReady(f"job {req.job_id} is {rec.state}; use GetWeights for its final weights")
+    every = req.every_n_steps or 1
+    feed = m.weights_feed(req.job_id)
+    model = _model(rec.spec)
+    feed.subscribe(+1)
+    try:
+        seen = -1
+        while active() and not feed.closed:
+            v = feed.next_after(seen, timeout=0.5)
+            if v is None:
+                continue
+            seen = v.version
+            if v.step % every == 0:
+                yield from convert.weights_messages(v.version, v.step, model.views(v.theta), max_bytes)
+    finally:
+        feed.subscribe(-1)
+
+
+def get_weights(m: JobManager, req: pb.GetWeightsRequest, max_bytes: int) -> Iterator[pb.WeightsUpdate]:
+    version, step, theta, model = _weights(m, req.job_id, req.step if req.HasField("step") else None)
+    yield from convert.weights_messages(version, step, model.views(theta), max_bytes)
+
+
+def predict(m: JobManager, req: pb.PredictRequest, max_rows: int) -> pb.PredictResponse:
+    X = convert.from_tensor(req.inputs, "inputs")
+    _, _, theta, model = _weights(m, req.job_id, None)
+    if X.ndim != 2 or X.shape[1] != model.spec.input:
+        raise SpecError("inputs", f"must have shape (n, {model.spec.input}), got {X.shape}")
+    if X.shape[0] > max_rows:
+        raise TooLarge(f"inputs: {X.shape[0]} rows exceed the limit of {max_rows}")
+    return pb.PredictResponse(outputs=convert.to_tensor("outputs", model.predict(theta, X)))
+
+
+def upload_dataset(m: JobManager, chunks: Iterator[pb.DatasetChunk]) -> pb.DatasetInfo:
+    first = next(chunks, None)
+    if first is None or first.WhichOneof("chunk") != "header":
+        raise SpecError("header", "the first message of an upload must be the header")
+    h = first.header
+    header: dict[str, Any] = {"filename": h.filename, "format": h.format, "size_bytes": h.size_bytes,
+                              "task": h.task, "delimiter": h.delimiter}
+    if h.HasField("header"):
+        header["header"] = h.header
+    label = h.WhichOneof("label")
+    if label:
+        header["label"] = getattr(h, label)
+
+    def data() -> Iterator[bytes]:
+        for c in chunks:
+            if c.WhichOneof("chunk") != "data":
+                raise SpecError("chunk", "only the first message may be a header")
+            yield c.data
+
+    return convert.dataset_info_to_pb(m.datasets.upload(header, data()))
+
+
+def list_datasets(m: JobManager, req: pb.ListDatasetsRequest) -> pb.ListDatasetsResponse:
+    return pb.ListDatasetsResponse(datasets=[convert.dataset_info_to_pb(d) for d in m.store.list_datasets()])
+
+
+# --- helpers ---------------------------------------------------------------------------
+def _model(spec: dict[str, Any]) -> Model:
+    return Model(spec["model"], dtype=spec.get("dtype", "float32"))
+
+
+def _weights(m: JobManager, job_id: str, step: int | None) -> tuple[int, int, np.ndarray, Model]:
+    """(version, step, theta, model): a checkpoint if `step` is given, else the latest."""
+    rec = m.store.get(job_id)
+    model = _model(rec.spec)
+    if step is not None:
+        try:
+            s = m.checkpoints.load(job_id, step)
+        except CheckpointNotFound:
+            raise CheckpointNotFound(f"job {job_id} has no checkpoint at step {step}; "
+                                     f"it has {m.checkpoints.steps(job_id)}") from None
+        return s.version, s.step, s.theta, model
+    if rec.state == "RUNNING" and job_id in m.weights:
+        v = m.weights_feed(job_id).latest(timeout=10.0)
+        if v is not None:
+            return v.version, v.step, v.theta, model
+    s = m.checkpoints.latest(job_id)
+    if s is None:
+        raise NotReady(f"job {job_id} is {rec.state} and has no weights yet")
+    return s.version, s.step, s.theta, model
+
+

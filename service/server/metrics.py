@@ -1,0 +1,23 @@
+"""Prometheus metrics: jobs by state, steps, step time, throughput, worker failures."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from service.telemetry import StepMetrics
+
+JOBS_SUBMITTED = Counter("dptrain_jobs_submitted_total", "Jobs accepted by SubmitJob")
+JOBS_FINISHED = Counter("dptrain_jobs_finished_total", "Jobs that reached a final state", ["state"])
+JOBS = Gauge("dptrain_jobs", "Jobs in the registry by state", ["state"])
+STEPS = Counter("dptrain_steps_total", "Training steps (updates) applied")
+STEP_SECONDS = Histogram("dptrain_step_seconds", "Wall time of one training step",
+                         buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
+SAMPLES_PER_SECOND = Gauge("dptrain_samples_per_second", "Throughput of the latest step")
+WORKER_FAILURES = Counter("dptrain_worker_failures_total", "Worker failures recovered within a step")
+
+
+def observe_step(m: StepMetrics) -> None:
+    STEPS.inc()
+    STEP_SECONDS.observe(m.step_s)
+    SAMPLES_PER_SECOND.set(m.samples_per_s)
+    if m.failures:
+        WORKER_FAILURES.inc(m.failures)

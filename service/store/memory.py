@@ -1,0 +1,121 @@
+"""An in-process JobStore: dicts behind one lock. For tests and ephemeral servers.
+
+Records are deep-copied in and out, so callers never share mutable state with the
+store (the same isolation the SQLite store gets from serialising to JSON).
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from .base import (
+    DEFAULT_PAGE_SIZE,
+    DatasetNotFound,
+    JobNotFound,
+    JobRecord,
+    JobStore,
+    check_updates,
+    new_job_id,
+    page_args,
+    transition_changes,
+)
+
+
+class MemoryJobStore(JobStore):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, JobRecord] = {}  # insertion order = creation order
+        self._seq: dict[str, int] = {}
+        self._next_seq = 1
+        self._metrics: dict[str, dict[int, dict[str, Any]]] = {}
+        self._datasets: dict[str, dict[str, Any]] = {}
+
+    def _record(self, job_id: str) -> JobRecord:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    def create(self, name: str, spec: dict[str, Any]) -> JobRecord:
+        with self._lock:
+            rec = JobRecord(id=new_job_id(), name=name, spec=copy.deepcopy(spec), created=time.time())
+            while rec.id in self._jobs:  # two ids in one millisecond with equal random bits
+                rec.id = new_job_id()
+            self._jobs[rec.id] = rec
+            self._seq[rec.id] = self._next_seq
+            self._next_seq += 1
+            self._metrics[rec.id] = {}
+            return copy.deepcopy(rec)
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            return copy.deepcopy(self._record(job_id))
+
+    def list(self, states: Iterable[str] | None = None, page_size: int = DEFAULT_PAGE_SIZE,
+             page_token: str = "") -> tuple[list[JobRecord], str]:
+        wanted, size, after = page_args(states, page_size, page_token)
+        with self._lock:
+            page, token = [], ""
+            for job_id, rec in self._jobs.items():
+                seq = self._seq[job_id]
+                if seq <= after or (wanted and rec.state not in wanted):
+                    continue
+                if len(page) == size:
+                    token = str(self._seq[page[-1].id])
+                    break
+                page.append(rec)
+            return copy.deepcopy(page), token
+
+    def update(self, job_id: str, **fields: Any) -> JobRecord:
+        check_updates(fields)
+        with self._lock:
+            rec = replace(self._record(job_id), **copy.deepcopy(fields))
+            self._jobs[job_id] = rec
+            return copy.deepcopy(rec)
+
+    def transition(self, job_id: str, new_state: str, error: str | None = None) -> JobRecord:
+        with self._lock:
+            rec = self._record(job_id)
+            rec = replace(rec, **transition_changes(rec, new_state, error, time.time()))
+            self._jobs[job_id] = rec
+            return copy.deepcopy(rec)
+
+    def append_metrics(self, job_id: str, step: int, metrics: dict[str, Any]) -> None:
+        with self._lock:
+            rec = self._record(job_id)
+            self._metrics[job_id][int(step)] = copy.deepcopy(metrics)
+            self._jobs[job_id] = replace(rec, step=int(step), last_metrics=copy.deepcopy(metrics))
+
+    def metrics(self, job_id: str, from_step: int = 0) -> list[tuple[int, dict[str, Any]]]:
+        with self._lock:
+            self._record(job_id)
+            history = self._metrics[job_id]
+            return [(s, copy.deepcopy(history[s])) for s in sorted(history) if s >= from_step]
+
+    def unfinished(self) -> list[JobRecord]:
+        with self._lock:
+            return [copy.deepcopy(r) for r in self._jobs.values() if r.state in ("QUEUED", "RUNNING")]
+
+    def add_dataset(self, info: dict[str, Any]) -> dict[str, Any]:
+        dataset_id = info.get("id")
+        if not isinstance(dataset_id, str) or not dataset_id:
+            raise ValueError(f"dataset info needs a non-empty string 'id', got {dataset_id!r}")
+        with self._lock:
+            if dataset_id not in self._datasets:
+                self._datasets[dataset_id] = {**copy.deepcopy(info), "created": info.get("created") or time.time()}
+            return copy.deepcopy(self._datasets[dataset_id])
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        with self._lock:
+            try:
+                return copy.deepcopy(self._datasets[dataset_id])
+            except KeyError:
+                raise DatasetNotFound(dataset_id) from None
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(list(self._datasets.values()))
