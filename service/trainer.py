@@ -221,6 +221,12 @@ class Trainer:
     def theta(self) -> np.ndarray:
         return self.state.theta
 
+    def snapshot(self) -> TrainState:
+        """A checkpointable copy of the whole state, optimizer moments included."""
+        s = self.state
+        return TrainState(theta=s.theta.copy(), optimizer=self.optimizer.state_dict(), step=s.step,
+                          epoch=s.epoch, position=s.position, version=s.version)
+
     def stats(self) -> dict:
         return {"epochs": [r.as_dict() for r in self.ledger.reports], "workers": self.backend.nodes(),
                 "failures": self.backend.failures, "steps": self.state.step, "total_steps": self.total_steps}

@@ -102,3 +102,19 @@ def test_digits_mlp_reaches_97_percent(ray_session, capsys):
         print(f"\n[digits] val accuracy {last.val_accuracy:.4f} after {last.step} steps in {seconds:.1f}s "
               f"(2 Ray workers, incl. start)")
     assert last.val_accuracy >= 0.97
+
+
+@pytest.mark.parametrize("opt", ["adam", "nesterov", "rmsprop"])
+def test_resume_from_a_snapshot_mid_epoch_is_bitwise(opt):
+    job = {**JOB, "optimizer": {"name": opt, "lr": 0.01}, "epochs": 2, "chunk_size": 32}
+    full = Trainer(TrainConfig.from_dict(job), backend="local")
+    for _ in full.run():
+        pass
+    first = Trainer(TrainConfig.from_dict(job), backend="local")
+    for _ in range(19):  # 15 steps an epoch: stop inside the second epoch
+        first.step()
+    resumed = Trainer(TrainConfig.from_dict(job), backend="local", state=first.snapshot())
+    for _ in resumed.run():
+        pass
+    assert resumed.theta.tobytes() == full.theta.tobytes()
+    assert [r["used_once"] for r in resumed.stats()["epochs"]] == [1438]  # the resumed epoch's ledger

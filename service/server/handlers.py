@@ -93,6 +93,7 @@ def get_weights(m: JobManager, req: pb.GetWeightsRequest, max_bytes: int) -> Ite
 
 
 def predict(m: JobManager, req: pb.PredictRequest, max_rows: int) -> pb.PredictResponse:
+    m.store.get(req.job_id)  # an unknown job is NOT_FOUND before any complaint about inputs
     X = convert.from_tensor(req.inputs, "inputs")
     _, _, theta, model = _weights(m, req.job_id, None)
     if X.ndim != 2 or X.shape[1] != model.spec.input:

@@ -16,7 +16,7 @@ from service.config import TrainConfig
 from service.store.base import JobRecord, JobStore
 from service.store.checkpoints import CheckpointStore
 from service.telemetry import StepMetrics
-from service.trainer import Trainer, TrainState
+from service.trainer import Trainer
 
 from . import metrics as prom
 from .datasets import DatasetRegistry
@@ -134,18 +134,18 @@ class JobManager:
                 self._record(job_id, m, trainer, feed)
                 every = config.checkpoint_every
                 if every and m.step % every == 0 and not trainer.done:
-                    self._checkpoint(job_id, trainer.state)
-            self._checkpoint(job_id, trainer.state, final=True)
+                    self._checkpoint(job_id, trainer)
+            self._checkpoint(job_id, trainer, final=True)
             self._finish(job_id, "SUCCEEDED", feed)
         except JobCancelled:
             if self.stopping:  # server shutdown: leave it resumable
                 log.info("job %s paused for shutdown at step %d", job_id, trainer.state.step if trainer else 0)
                 if trainer is not None:
-                    self._checkpoint(job_id, trainer.state)
+                    self._checkpoint(job_id, trainer)
                 self.store.transition(job_id, "QUEUED")
             else:
                 if trainer is not None:
-                    self._checkpoint(job_id, trainer.state, final=True)
+                    self._checkpoint(job_id, trainer, final=True)
                 self._finish(job_id, "CANCELLED", feed)
         except Exception as e:  # the job fails; the server keeps serving
             log.exception("job %s failed", job_id)
@@ -167,7 +167,8 @@ class JobManager:
         feed.add_metrics(m.step, d)
         prom.observe_step(m)
 
-    def _checkpoint(self, job_id: str, state: TrainState, final: bool = False) -> None:
+    def _checkpoint(self, job_id: str, trainer: Trainer, final: bool = False) -> None:
+        state = trainer.snapshot()
         self.checkpoints.save(job_id, state, mark=final)
         self.store.update(job_id, checkpoint_step=state.step)
 
