@@ -9,7 +9,7 @@ from rich.table import Table
 
 from service.rpc import convert, pb
 
-console = Console()
+console = Console(soft_wrap=True)  # ids and paths stay on one line, for copying and scripts
 
 
 def follow(client, job_id: str, from_step: int = 0) -> pb.Job:
@@ -59,8 +59,9 @@ def summary(job: pb.Job, last: pb.StepMetrics | None = None) -> None:
 
 
 def job_rows(jobs: Iterator[pb.Job]) -> Table:
-    t = Table("id", "name", "state", "step", "created")
+    t = Table("name", "state", "step", "created")
+    t.add_column("id", no_wrap=True)
     for j in jobs:
-        t.add_row(j.id, j.name, convert.state_from_pb(j.state), f"{j.step}/{j.total_steps}",
-                  j.created.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
+        t.add_row(j.name, convert.state_from_pb(j.state), f"{j.step}/{j.total_steps}",
+                  j.created.ToDatetime().strftime("%m-%d %H:%M:%S"), j.id)
     return t

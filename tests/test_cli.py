@@ -1,0 +1,82 @@
+"""Every CLI command against a live server, and every example spec run to completion."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.fixture
+def cli(server, capsys):
+    def run(*args: str, ok: bool = True) -> str:
+        """`dptrain ARGS`, pointed at the test server; returns what it printed."""
+        capsys.readouterr()
+        head = 2 if args[0] == "datasets" else 1
+        address = [] if args[0] == "gradcheck" else ["--address", server.address]
+        code = main([*args[:head], *address, *args[head:]])
+        out = capsys.readouterr()
+        assert (code == 0) == ok, out
+        return out.out + out.err
+    return run
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_specs_train_to_completion(cli, example):
+    out = cli("submit", str(example), "--watch")
+    assert "SUCCEEDED" in out
+
+
+def test_job_commands(cli, tmp_path):
+    out = cli("submit", str(ROOT / "examples" / "regression_mse.yaml"))
+    job = re.search(r"submitted job (\w+)", out).group(1)
+    assert "SUCCEEDED" in cli("watch", job)
+    assert job in cli("jobs") and job in cli("jobs", "--state", "succeeded")
+    assert "validation loss" in cli("status", job)
+    cli("weights", job, "-o", str(tmp_path / "w.npz"))
+    with np.load(tmp_path / "w.npz", allow_pickle=False) as w:
+        assert sorted(w.files) == ["linear0.W", "linear0.b", "linear2.W", "linear2.b"]
+    cli("weights", job, "-o", str(tmp_path / "w.safetensors"))
+    from safetensors.numpy import load_file
+
+    assert load_file(str(tmp_path / "w.safetensors"))["linear2.W"].shape == (32, 2)
+    np.savez(tmp_path / "in.npz", X=np.ones((3, 8), np.float32))
+    cli("predict", job, str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz"))
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as o:
+        assert o["outputs"].shape == (3, 2)
+    assert "already SUCCEEDED" in cli("cancel", job, ok=False)
+    assert "NOT_FOUND" in cli("status", "nope", ok=False)
+
+
+def test_cancel_a_running_job(cli):
+    spec = ROOT / "examples" / "digits_mlp.yaml"
+    job = re.search(r"submitted job (\w+)", cli("submit", str(spec))).group(1)
+    cli("cancel", job)
+    assert "CANCELLED" in cli("watch", job, ok=False)
+
+
+def test_dataset_commands(cli, tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
+    out = cli("datasets", "upload", str(tmp_path / "d.csv"), "--label", "label")
+    assert "40 examples, 2 features, classification" in out
+    assert "d.csv" in cli("datasets", "ls")
+
+
+def test_gradcheck_command(cli):
+    assert "ok: max relative error" in cli("gradcheck", str(ROOT / "examples" / "residual_teacher.yaml"))
+
+
+@pytest.mark.timeout(300)
+def test_demo_runs_end_to_end(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "service.cli.main", "demo", "--epochs", "3",
+                          "--output", str(tmp_path / "w.npz")], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "validation accuracy" in out.stdout and (tmp_path / "w.npz").exists()
