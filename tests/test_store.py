@@ -63,7 +63,7 @@ def test_get_unknown_raises_job_not_found(store):
         store.get("nope")
     assert isinstance(err.value, KeyError) and "nope" in str(err.value)
     for call in (lambda: store.update("nope", step=1), lambda: store.transition("nope", "RUNNING"),
-                 lambda: store.append_metrics("nope", 1, {}), lambda: store.metrics("nope")):
+                 lambda: store.append_metrics("nope", [(1, {})]), lambda: store.metrics("nope")):
         with pytest.raises(JobNotFound):
             call()
 
@@ -197,14 +197,14 @@ def test_metrics_history(store):
     rec = store.create("a", SPEC)
     assert store.metrics(rec.id) == []
     for step in (1, 2, 3, 4):
-        store.append_metrics(rec.id, step, {"loss": 1.0 / step, "workers": [{"worker": 0}], "accuracy": None})
+        store.append_metrics(rec.id, [(step, {"loss": 1.0 / step, "workers": [{"worker": 0}], "accuracy": None})])
     got = store.get(rec.id)
     assert got.step == 4 and got.last_metrics == {"loss": 0.25, "workers": [{"worker": 0}], "accuracy": None}
     assert [s for s, _ in store.metrics(rec.id)] == [1, 2, 3, 4]
     assert store.metrics(rec.id, from_step=3) == [(3, {"loss": 1 / 3, "workers": [{"worker": 0}], "accuracy": None}),
                                                    (4, {"loss": 0.25, "workers": [{"worker": 0}], "accuracy": None})]
     assert store.metrics(rec.id, from_step=9) == []
-    store.append_metrics(rec.id, 3, {"loss": 9.0})  # replayed after resuming from a checkpoint
+    store.append_metrics(rec.id, [(3, {"loss": 9.0})])  # replayed after resuming from a checkpoint
     assert store.metrics(rec.id, from_step=3)[0] == (3, {"loss": 9.0})
     other = store.create("b", SPEC)
     assert store.metrics(other.id) == []
@@ -244,7 +244,7 @@ def test_sqlite_persists_across_reopen(tmp_path):
     with SqliteJobStore(path) as s:
         rec = s.create("a", SPEC)
         s.transition(rec.id, "RUNNING")
-        s.append_metrics(rec.id, 1, {"loss": 0.5})
+        s.append_metrics(rec.id, [(1, {"loss": 0.5})])
         s.add_dataset({"id": "d1", "format": "npz"})
         expected = s.get(rec.id)
     with SqliteJobStore(path) as s:
@@ -269,7 +269,7 @@ def test_sqlite_job_survives_kill_9(tmp_path):
         s = SqliteJobStore({str(path)!r})
         rec = s.create("survivor", {{"steps": 3}})
         s.transition(rec.id, "RUNNING")
-        s.append_metrics(rec.id, 1, {{"loss": 2.0}})
+        s.append_metrics(rec.id, [(1, {{"loss": 2.0}})])
         print(rec.id, flush=True)
         time.sleep(60)  # killed here, connection never closed
     """)

@@ -38,6 +38,7 @@ class ServerConfig:
     ray_num_cpus: float | None = None  # CPUs of an embedded Ray instance (None: all)
     weights_ring: int = 32  # recent weight versions kept for slow StreamWeights readers
     grpc_threads: int = 128  # each open stream holds one
+    gil_switch_interval_s: float = 0.0005  # Python's default 5 ms starves short RPCs under load
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:

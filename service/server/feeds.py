@@ -17,11 +17,13 @@ import numpy as np
 
 
 class JobFeed:
-    def __init__(self, state: str, history: list[tuple[int, dict[str, Any]]] | None = None) -> None:
+    """Steps' events in step order; each event is built once and shared by every watcher."""
+
+    def __init__(self, state: str, history: list[tuple[int, Any]] | None = None) -> None:
         self.cond = threading.Condition()
         self.state = state
         self.message = ""
-        self.metrics: list[tuple[int, dict[str, Any]]] = list(history or [])
+        self.metrics: list[tuple[int, Any]] = list(history or [])
         self.changes = 0  # bumped on every state change, so watchers notice each one
 
     def set_state(self, state: str, message: str = "") -> None:
@@ -30,14 +32,14 @@ class JobFeed:
             self.changes += 1
             self.cond.notify_all()
 
-    def add_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+    def add_metrics(self, step: int, event: Any) -> None:
         with self.cond:
             while self.metrics and self.metrics[-1][0] >= step:  # a resumed job re-runs steps
                 self.metrics.pop()
-            self.metrics.append((step, metrics))
+            self.metrics.append((step, event))
             self.cond.notify_all()
 
-    def since(self, step: int) -> list[tuple[int, dict[str, Any]]]:
+    def since(self, step: int) -> list[tuple[int, Any]]:
         """Metrics of steps >= `step` (the list is ordered by step)."""
         with self.cond:
             lo, hi = 0, len(self.metrics)

@@ -46,20 +46,26 @@ def cancel_job(m: JobManager, req: pb.CancelJobRequest) -> pb.Job:
     return convert.record_to_job(m.cancel(req.job_id))
 
 
-def watch_job(m: JobManager, req: pb.WatchJobRequest, active: Callable[[], bool]) -> Iterator[pb.JobEvent]:
-    """The job's state, then every step's metrics from `from_step` on, live until it ends."""
+def watch_job(m: JobManager, req: pb.WatchJobRequest, active: Callable[[], bool],
+              batch_s: float = 0.05) -> Iterator[pb.JobEvent]:
+    """The job's state, then every step's metrics from `from_step` on, live until it ends.
+
+    A watcher wakes at most every `batch_s` and sends what accumulated meanwhile, so many
+    open streams on a fast job cost the server a bounded number of wake-ups.
+    """
     feed = m.feed(req.job_id)
     next_step, changes = max(req.from_step, 0), -1
     while active():
         if feed.changes != changes:
             changes, state = feed.changes, feed.state
             yield pb.JobEvent(state=pb.StateChange(state=convert.state_to_pb(state), message=feed.message))
-        for step, metrics in feed.since(next_step):
-            yield pb.JobEvent(metrics=convert.metrics_to_pb(metrics))
+        for step, event in feed.since(next_step):
+            yield event
             next_step = step + 1
         if feed.state in TERMINAL and not feed.since(next_step) and changes == feed.changes:
             return
         feed.wait(next_step - 1, changes, timeout=0.5)
+        time.sleep(batch_s)
 
 
 def stream_weights(m: JobManager, req: pb.StreamWeightsRequest, active: Callable[[], bool],

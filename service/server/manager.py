@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 from service.config import TrainConfig
+from service.rpc import convert, pb
 from service.store.base import JobRecord, JobStore
 from service.store.checkpoints import CheckpointStore
-from service.telemetry import StepMetrics
 from service.trainer import Trainer
 
 from . import metrics as prom
@@ -26,8 +26,36 @@ log = logging.getLogger(__name__)
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
+def metrics_event(metrics: dict[str, Any]) -> pb.JobEvent:
+    return pb.JobEvent(metrics=convert.metrics_to_pb(metrics))
+
+
 class JobCancelled(Exception):
     pass
+
+
+class MetricsBuffer:
+    """Per-step metrics reach the store in batches: one fsync a second, not one a step.
+
+    Steps after the last checkpoint are re-run on resume, so a crash loses no history
+    that cannot be rebuilt; the buffer is flushed before every checkpoint.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, every_s: float = 1.0) -> None:
+        self.store, self.job_id, self.every_s = store, job_id, every_s
+        self.items: list[tuple[int, dict[str, Any]]] = []
+        self.last = time.monotonic()
+
+    def add(self, step: int, metrics: dict[str, Any]) -> None:
+        self.items.append((step, metrics))
+        if time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.items:
+            self.store.append_metrics(self.job_id, self.items)
+            self.items = []
+        self.last = time.monotonic()
 
 
 class JobManager:
@@ -90,7 +118,8 @@ class JobManager:
         feed = self.feeds.get(job_id)
         if feed is None:
             rec = self.store.get(job_id)
-            feed = self.feeds.setdefault(job_id, JobFeed(rec.state, self.store.metrics(job_id)))
+            history = [(step, metrics_event(d)) for step, d in self.store.metrics(job_id)]
+            feed = self.feeds.setdefault(job_id, JobFeed(rec.state, history))
         return feed
 
     def weights_feed(self, job_id: str) -> WeightsFeed:
@@ -118,6 +147,7 @@ class JobManager:
     def _run(self, rec: JobRecord, cancel: threading.Event) -> None:
         job_id, feed, weights = rec.id, self.feed(rec.id), self.weights_feed(rec.id)
         trainer = None
+        history = MetricsBuffer(self.store, job_id)
         try:
             config = TrainConfig.from_dict(rec.spec)
             state = self.checkpoints.latest(job_id)
@@ -131,24 +161,28 @@ class JobManager:
                 if cancel.is_set():
                     raise JobCancelled()
                 m = trainer.step()
-                self._record(job_id, m, trainer, feed)
+                d = m.as_dict()
+                feed.add_metrics(m.step, metrics_event(d))
+                history.add(m.step, d)
+                prom.observe_step(m)
                 every = config.checkpoint_every
                 if every and m.step % every == 0 and not trainer.done:
-                    self._checkpoint(job_id, trainer)
-            self._checkpoint(job_id, trainer, final=True)
+                    self._checkpoint(job_id, trainer, history)
+            self._checkpoint(job_id, trainer, history, final=True)
             self._finish(job_id, "SUCCEEDED", feed)
         except JobCancelled:
             if self.stopping:  # server shutdown: leave it resumable
                 log.info("job %s paused for shutdown at step %d", job_id, trainer.state.step if trainer else 0)
                 if trainer is not None:
-                    self._checkpoint(job_id, trainer)
+                    self._checkpoint(job_id, trainer, history)
                 self.store.transition(job_id, "QUEUED")
             else:
                 if trainer is not None:
-                    self._checkpoint(job_id, trainer, final=True)
+                    self._checkpoint(job_id, trainer, history, final=True)
                 self._finish(job_id, "CANCELLED", feed)
         except Exception as e:  # the job fails; the server keeps serving
             log.exception("job %s failed", job_id)
+            history.flush()
             self._finish(job_id, "FAILED", feed, f"{type(e).__name__}: {e}")
         finally:
             if trainer is not None:
@@ -160,14 +194,8 @@ class JobManager:
                 self.running.pop(job_id, None)
                 self.wakeup.notify_all()
 
-    def _record(self, job_id: str, m: StepMetrics, trainer: Trainer, feed: JobFeed) -> None:
-        d = m.as_dict()
-        self.store.append_metrics(job_id, m.step, d)
-        self.store.update(job_id, epoch=m.epoch)
-        feed.add_metrics(m.step, d)
-        prom.observe_step(m)
-
-    def _checkpoint(self, job_id: str, trainer: Trainer, final: bool = False) -> None:
+    def _checkpoint(self, job_id: str, trainer: Trainer, history: MetricsBuffer, final: bool = False) -> None:
+        history.flush()  # the history is durable up to every checkpoint
         state = trainer.snapshot()
         self.checkpoints.save(job_id, state, mark=final)
         self.store.update(job_id, checkpoint_step=state.step)

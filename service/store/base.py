@@ -151,10 +151,13 @@ class JobStore(ABC):
         """Atomically check and apply a state change (see the module docstring)."""
 
     @abstractmethod
-    def append_metrics(self, job_id: str, step: int, metrics: dict[str, Any]) -> None:
-        """Record a step's metrics; they also become ``last_metrics`` and set ``step``.
+    def append_metrics(self, job_id: str, items: list[tuple[int, dict[str, Any]]]) -> None:
+        """Record steps' metrics in one transaction; the last become ``last_metrics`` and set
+        ``step`` (and ``epoch`` when the metrics carry one).
 
-        A step recorded again (replayed after resuming from a checkpoint) replaces the old entry.
+        Batched because a durable write costs an fsync: the manager flushes about once a
+        second and at every checkpoint. A step recorded again (replayed after resuming from
+        a checkpoint) replaces the old entry.
         """
 
     @abstractmethod

@@ -84,11 +84,15 @@ class MemoryJobStore(JobStore):
             self._jobs[job_id] = rec
             return copy.deepcopy(rec)
 
-    def append_metrics(self, job_id: str, step: int, metrics: dict[str, Any]) -> None:
+    def append_metrics(self, job_id: str, items: list[tuple[int, dict[str, Any]]]) -> None:
         with self._lock:
             rec = self._record(job_id)
-            self._metrics[job_id][int(step)] = copy.deepcopy(metrics)
-            self._jobs[job_id] = replace(rec, step=int(step), last_metrics=copy.deepcopy(metrics))
+            for step, metrics in items:
+                self._metrics[job_id][int(step)] = copy.deepcopy(metrics)
+            if items:
+                step, last = items[-1]
+                self._jobs[job_id] = replace(rec, step=int(step), last_metrics=copy.deepcopy(last),
+                                             epoch=int(last.get("epoch", rec.epoch)))
 
     def metrics(self, job_id: str, from_step: int = 0) -> list[tuple[int, dict[str, Any]]]:
         with self._lock:

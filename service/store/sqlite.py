@@ -171,12 +171,16 @@ class SqliteJobStore(JobStore):
             self._set(c, job_id, transition_changes(rec, new_state, error, time.time()))
             return self._get(c, job_id)
 
-    def append_metrics(self, job_id: str, step: int, metrics: dict[str, Any]) -> None:
-        text = json.dumps(metrics)
+    def append_metrics(self, job_id: str, items: list[tuple[int, dict[str, Any]]]) -> None:
+        if not items:
+            return
+        rows = [(job_id, int(step), json.dumps(metrics)) for step, metrics in items]
+        last_step, last = items[-1]
         with self._tx() as c:
-            self._get(c, job_id)
-            c.execute("INSERT OR REPLACE INTO metrics (job_id, step, data) VALUES (?, ?, ?)", (job_id, int(step), text))
-            c.execute("UPDATE jobs SET step = ?, last_metrics = ? WHERE id = ?", (int(step), text, job_id))
+            rec = self._get(c, job_id)
+            c.executemany("INSERT OR REPLACE INTO metrics (job_id, step, data) VALUES (?, ?, ?)", rows)
+            c.execute("UPDATE jobs SET step = ?, last_metrics = ?, epoch = ? WHERE id = ?",
+                      (int(last_step), rows[-1][2], int(last.get("epoch", rec.epoch)), job_id))
 
     def metrics(self, job_id: str, from_step: int = 0) -> list[tuple[int, dict[str, Any]]]:
         with self._lock:
