@@ -9,7 +9,7 @@ import grpc
 
 from workers.engine import SpecError
 
-from . import local, remote, serve
+from . import cluster, local, remote, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(sub)
     remote.register(sub)
+    cluster.register(sub)
     local.register(sub)
     return p
 
