@@ -14,12 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", type=Path, default=None, help="job store, checkpoints, datasets "
                    "(env DPTRAIN_HOME, default ~/.dptrain)")
     p.add_argument("--max-running-jobs", type=int, default=int(os.environ.get("DPTRAIN_MAX_RUNNING_JOBS", 1)))
-    p.add_argument("--token", default=os.environ.get("DPTRAIN_TOKEN"), help="bearer token (env DPTRAIN_TOKEN)")
-    p.add_argument("--tls-cert", type=Path, default=os.environ.get("DPTRAIN_TLS_CERT"))
-    p.add_argument("--tls-key", type=Path, default=os.environ.get("DPTRAIN_TLS_KEY"))
+    p.add_argument("--token", default=os.environ.get("DPTRAIN_TOKEN") or None, help="bearer token (env DPTRAIN_TOKEN)")
+    p.add_argument("--tls-cert", type=Path, default=os.environ.get("DPTRAIN_TLS_CERT") or None)
+    p.add_argument("--tls-key", type=Path, default=os.environ.get("DPTRAIN_TLS_KEY") or None)
     p.add_argument("--metrics-port", type=int, default=_env_int("DPTRAIN_METRICS_PORT"),
                    help="serve Prometheus metrics on this port")
-    p.add_argument("--ray-address", default=os.environ.get("DPTRAIN_RAY_ADDRESS"),
+    p.add_argument("--ray-address", default=os.environ.get("DPTRAIN_RAY_ADDRESS") or None,
                    help="join this Ray cluster instead of starting an embedded one")
     p.add_argument("--ray-num-cpus", type=float, default=None, help="CPUs of the embedded Ray instance")
     p.set_defaults(func=run)

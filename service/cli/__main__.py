@@ -1,0 +1,6 @@
+"""`python -m service.cli ...` is the same as `dptrain ...`."""
+import sys
+
+from .main import main
+
+sys.exit(main())
