@@ -112,7 +112,7 @@ def grpc_overhead(c: Client) -> tuple[float, float]:
 def demo_seconds() -> float:
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "service.cli.main", "demo", "--output", str(Path(d) / "w.npz")],
+        subprocess.run([sys.executable, "-m", "service.cli", "demo", "--output", str(Path(d) / "w.npz")],
                        check=True, capture_output=True)
         return time.perf_counter() - t0
 
@@ -124,7 +124,7 @@ def server_subprocess(state: Path, fn):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
                              "--state-dir", str(state), "--ray-num-cpus", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
