@@ -2,50 +2,115 @@
 
     python bench/scaling.py                  # MLP 784-512-512-10, teacher data, batch 1024
     python bench/scaling.py --steps 60 --no-torch
+    python bench/scaling.py --transports 1,calls,0 --rounds 3   # each transport, interleaved
+    python bench/scaling.py --chunk-cost     # the fixed tree's price: chunked vs one GEMM
+    python bench/scaling.py --breakdown      # where the coordinator's time goes, 2 workers
 
 Each worker gets 1 CPU and 1 BLAS thread. "Overhead" is the coordinator's share of a step:
 step time minus the slowest worker's compute time (dispatch, transfer, reduction, update,
-broadcast). With PyTorch installed, plain DDP (gloo, 2 processes, 1 thread each) trains
-the identical model in the same run and the ratio is printed.
+broadcast). `--transports` runs the 2-worker case once per `$DPTRAIN_SHM` value: 1 (the
+default: same-node shared memory, step calls over a Unix socket), calls (shared memory,
+step calls through Ray), 0 (the object store, as for workers on other nodes). With
+PyTorch installed, plain DDP (gloo, 2 processes, 1 thread each) trains the identical
+model in the same run and the ratio is printed. On a noisy machine use `--rounds N`:
+every configuration runs N times, interleaved, and medians are reported.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import sys
 import time
 
-import numpy as np
+# The repository root first: bench/service.py must not shadow the `service` package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MODEL = {"input": 784, "layers": ["linear 512", "relu", "linear 512", "relu", "linear 10"],
          "loss": "cross_entropy"}
 N = 65536
 BATCH = 1024
+TRANSPORT_NAMES = {"1": "shm+socket", "calls": "shm+ray-calls", "0": "object store"}
 
 
-def job(workers: int, steps: int, chunk: int) -> dict:
-    return {"model": MODEL, "dataset": {"name": "teacher", "params": {"n": N, "d": 784, "classes": 10}},
-            "optimizer": {"name": "sgd", "lr": 0.01}, "batch_size": BATCH, "chunk_size": chunk,
-            "steps": steps, "workers": workers, "cpus_per_worker": 1.0, "worker_timeout_s": 120}
+def job(workers: int, steps: int, chunk: int | None) -> dict:
+    d = {"model": MODEL, "dataset": {"name": "teacher", "params": {"n": N, "d": 784, "classes": 10}},
+         "optimizer": {"name": "sgd", "lr": 0.01}, "batch_size": BATCH,
+         "steps": steps, "workers": workers, "cpus_per_worker": 1.0, "worker_timeout_s": 120}
+    if chunk is not None:
+        d["chunk_size"] = chunk
+    return d
 
 
-def ours(workers: int, steps: int, warmup: int, chunk: int, data) -> dict:
+def ours(workers: int, steps: int, warmup: int, chunk: int | None, data, transport: str = "1") -> dict:
     from service.config import TrainConfig
     from service.trainer import Trainer
 
-    t = Trainer(TrainConfig.from_dict(job(workers, steps + warmup, chunk)), backend="ray", data=data)
+    old = os.environ.get("DPTRAIN_SHM")
+    os.environ["DPTRAIN_SHM"] = transport
     try:
+        t = Trainer(TrainConfig.from_dict(job(workers, steps + warmup, chunk)), backend="ray", data=data)
+    finally:
+        if old is None:
+            os.environ.pop("DPTRAIN_SHM")
+        else:
+            os.environ["DPTRAIN_SHM"] = old
+    try:
+        used = sorted({n.get("transport", "?") for n in t.backend.nodes()})
         ms = list(t.run())[warmup:]
     finally:
         t.close()
     total = sum(m.step_s for m in ms)
     overhead = [m.step_s - max(w.compute_s for w in m.workers) for m in ms]
     return {"samples_per_s": sum(m.batch for m in ms) / total, "step_ms": 1e3 * total / len(ms),
+            "step_median_ms": 1e3 * statistics.median(m.step_s for m in ms),
             "overhead_ms": 1e3 * statistics.median(overhead),
-            "compute_ms": 1e3 * statistics.median(max(w.compute_s for w in m.workers) for m in ms)}
+            "compute_ms": 1e3 * statistics.median(max(w.compute_s for w in m.workers) for m in ms),
+            "transport": ",".join(used)}
 
 
-def local_rate(steps: int, chunk: int, data) -> float:
+def breakdown(steps: int, warmup: int, chunk: int | None, data) -> None:
+    """Where the coordinator's time goes: the trainer's calls timed from outside (2 workers)."""
+    from service.config import TrainConfig
+    from service.trainer import Trainer
+
+    t = Trainer(TrainConfig.from_dict(job(2, steps + warmup, chunk)), backend="ray", data=data)
+    spans: dict[str, list[float]] = {}
+
+    def timed(obj, name: str, key: str) -> None:
+        f = getattr(obj, name)
+
+        def g(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                spans.setdefault(key, []).append(time.perf_counter() - t0)
+        setattr(obj, name, g)
+
+    timed(t.backend, "run", "run: dispatch, workers, replies, pool-side tree")
+    timed(t, "_reduce", "trainer: rest of the tree")
+    timed(t.ledger, "record", "trainer: ledger")
+    timed(t.optimizer, "step", "optimizer: norm + update")
+    timed(t.backend, "publish", "publish the weights")
+    try:
+        ms = list(t.run())
+    finally:
+        t.close()
+    comp = [max(w.compute_s for w in m.workers) for m in ms]
+    med = lambda v: 1e3 * statistics.median(v[warmup:])  # noqa: E731
+    print(f"per-step breakdown, 2 workers, medians of {steps} steps:")
+    print(f"  step {med([m.step_s for m in ms]):.2f} ms, slowest worker's compute {med(comp):.2f} ms, "
+          f"overhead {med([m.step_s - c for m, c in zip(ms, comp)]):.2f} ms")
+    run = spans.pop("run: dispatch, workers, replies, pool-side tree")
+    print(f"  run minus slowest compute (calls + pool-side tree): {med([r - c for r, c in zip(run, comp)]):.3f} ms")
+    for k, v in spans.items():
+        print(f"  {k}: {med(v):.3f} ms")
+    other = [m.step_s - r - sum(v[i] for v in spans.values()) for i, (m, r) in enumerate(zip(ms, run))]
+    print(f"  everything else in Trainer.step (divide, checks, metrics): {med(other):.3f} ms")
+
+
+def local_rate(steps: int, chunk: int | None, data) -> float:
     """The in-process loop, 1 BLAS thread: the single-core reference."""
     from threadpoolctl import threadpool_limits
 
@@ -56,6 +121,32 @@ def local_rate(steps: int, chunk: int, data) -> float:
     with threadpool_limits(1, "blas"):
         ms = list(t.run())[3:]
     return sum(m.batch for m in ms) / sum(m.step_s for m in ms)
+
+
+def chunk_cost(data, reps: int = 40) -> None:
+    """The price of the fixed tree on one core: a shard computed as fixed micro-chunks
+    (then summed along the tree) vs one GEMM per shard. Interleaved; medians."""
+    from service.config import TrainConfig
+    from workers.shard import Plan, ShardComputer, pin_single_thread_blas
+
+    pin_single_thread_blas()
+    cfg = TrainConfig.from_dict(job(1, 1, None))
+    theta = cfg.build_model().init_params(0)
+    comp = ShardComputer(cfg.model.to_dict(), cfg.dtype, data[0].X, data[0].y, None, None, 0)
+    cases = [(512, 128), (512, 256), (512, 512), (1024, 256), (1024, 512), (1024, 1024)]
+    times: dict[tuple[int, int], list[float]] = {c: [] for c in cases}
+    for i in range(reps):
+        for size, chunk in cases:
+            plan = Plan(0, (i * size) % (N - size), size, chunk, (0, -(-size // chunk)))
+            t0 = time.perf_counter()
+            comp.compute(theta, plan)
+            times[(size, chunk)].append(time.perf_counter() - t0)
+    print("chunking cost, 1 thread (shard of S examples as S/c chunks + tree sum vs one GEMM):")
+    for size, chunk in cases:
+        ms = 1e3 * statistics.median(times[(size, chunk)][3:])
+        whole = 1e3 * statistics.median(times[(size, size)][3:])
+        print(f"  shard {size:5d}, chunk {chunk:5d}: {ms:6.2f} ms ({size / ms * 1e3:,.0f} samples/s), "
+              f"{100 * (ms / whole - 1):+.1f}% vs one GEMM")
 
 
 def _ddp_worker(rank: int, world: int, steps: int, warmup: int, port: int, out) -> None:
@@ -90,7 +181,7 @@ def torch_ddp(steps: int, warmup: int) -> float:
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    port = 29500 + os.getpid() % 1000
+    port = 29500 + (os.getpid() + int(time.time())) % 1000
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, steps, warmup, port, q)) for r in range(2)]
     for p in procs:
         p.start()
@@ -100,38 +191,79 @@ def torch_ddp(steps: int, warmup: int) -> float:
     return rate
 
 
+def _have_torch(no_torch: bool) -> bool:
+    if no_torch:
+        return False
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _line(name: str, rs: list[dict]) -> str:
+    med = {k: statistics.median(r[k] for r in rs) for k in ("samples_per_s", "step_median_ms", "compute_ms",
+                                                            "overhead_ms")}
+    return (f"{name}: {med['samples_per_s']:,.0f} samples/s, step {med['step_median_ms']:.1f} ms "
+            f"(slowest worker {med['compute_ms']:.1f} ms, overhead {med['overhead_ms']:.2f} ms) "
+            f"[{rs[0]['transport']}]")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=None, help="micro-chunk (default: the job default)")
+    ap.add_argument("--transports", default="1", help="comma-separated $DPTRAIN_SHM values for 2 workers")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat everything, interleaved; report medians")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--chunk-cost", action="store_true", help="only measure chunked vs whole-shard GEMM")
+    ap.add_argument("--breakdown", action="store_true", help="only time the parts of a 2-worker step")
     args = ap.parse_args()
     import ray
 
     from service.config import TrainConfig
     from workers.data import load_dataset
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    data = load_dataset(TrainConfig.from_dict(job(1, 1, args.chunk)).dataset)
-    print(f"MLP 784-512-512-10, teacher n={N}, global batch {BATCH}, chunk {args.chunk}, float32")
-    print(f"in-process loop, 1 thread: {local_rate(args.steps // 2, args.chunk, data):,.0f} samples/s")
-    results = {}
-    for w in (1, 2):
-        r = results[w] = ours(w, args.steps, args.warmup, args.chunk, data)
-        print(f"dptrain {w} worker(s): {r['samples_per_s']:,.0f} samples/s, step {r['step_ms']:.1f} ms "
-              f"(slowest worker {r['compute_ms']:.1f} ms, overhead {r['overhead_ms']:.2f} ms)")
-    ray.shutdown()
-    try:
-        if args.no_torch:
-            raise ImportError
-        import torch  # noqa: F401
-    except ImportError:
+    cfg = TrainConfig.from_dict(job(1, 1, args.chunk))
+    data = load_dataset(cfg.dataset)
+    if args.chunk_cost:
+        chunk_cost(data)
+        return
+    if args.breakdown:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        breakdown(max(args.steps, 60), args.warmup + 10, args.chunk, data)
+        ray.shutdown()
+        return
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    torch_ok = _have_torch(args.no_torch)
+    print(f"MLP 784-512-512-10, teacher n={N}, global batch {BATCH}, chunk {cfg.chunk_size}, float32, "
+          f"{os.cpu_count()} CPUs, {args.rounds} round(s)")
+    local, one, two, ddp = [], [], {t: [] for t in transports}, []
+    for _ in range(args.rounds):
+        local.append(local_rate(args.steps // 2, args.chunk, data))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        one.append(ours(1, args.steps, args.warmup, args.chunk, data))
+        for t in transports:
+            two[t].append(ours(2, args.steps, args.warmup, args.chunk, data, t))
+        ray.shutdown()
+        if torch_ok:  # right after ours: the per-round ratio compares runs seconds apart
+            ddp.append(torch_ddp(args.steps, args.warmup))
+    print(f"in-process loop, 1 thread: {statistics.median(local):,.0f} samples/s")
+    print(_line("dptrain 1 worker(s)", one))
+    for t in transports:
+        print(_line(f"dptrain 2 worker(s), DPTRAIN_SHM={t} ({TRANSPORT_NAMES.get(t, t)})", two[t]))
+    if not torch_ok:
         print("torch DDP: skipped (pip install torch==2.13.0 to compare)")
         return
-    ddp = torch_ddp(args.steps, args.warmup)
-    print(f"torch DDP 2 processes (gloo, 1 thread each): {ddp:,.0f} samples/s; "
-          f"dptrain 2 workers / DDP = {results[2]['samples_per_s'] / ddp:.2f}")
+    d = statistics.median(ddp)
+    mine = [r["samples_per_s"] for r in two[transports[0]]]
+    ratios = [m / x for m, x in zip(mine, ddp)]  # paired: each round ran both back to back
+    print(f"torch DDP 2 processes (gloo, 1 thread each): {d:,.0f} samples/s "
+          f"(rounds: {', '.join(f'{x:,.0f}' for x in ddp)})")
+    print(f"dptrain 2 workers (DPTRAIN_SHM={transports[0]}) / DDP: median of per-round ratios "
+          f"{statistics.median(ratios):.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"dptrain rounds: {', '.join(f'{x:,.0f}' for x in mine)}); best vs best {max(mine) / max(ddp):.2f}")
 
 
 if __name__ == "__main__":

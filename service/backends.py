@@ -5,13 +5,17 @@ in-process loop is the reference that any number of Ray workers must match bit f
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Protocol
 
 import numpy as np
 
 from service.pool import Outcome, WorkerPool
+from workers import shm
 from workers.shard import Plan, ShardComputer
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -58,7 +62,9 @@ class LocalBackend:
 
 
 class RayBackend:
-    """Data put once into the object store; per step, one weights reference and small plans."""
+    """Data put once into the object store; per step, the weights published once and small
+    plans. Workers on this node read the weights from and write their sums to shared memory
+    (unless `$DPTRAIN_SHM=0`); workers elsewhere use the object store."""
 
     def __init__(self, model_spec, dtype, X, y, X_val, y_val, seed, workers: int, cpus: float,
                  timeout_s: float, budget_s: float) -> None:
@@ -69,8 +75,19 @@ class RayBackend:
         ensure_ray()
         self._ray = ray
         refs = [ray.put(a) if a is not None else None for a in (X, y, X_val, y_val)]
-        self.pool = WorkerPool((model_spec, dtype, *refs, seed, cpus), workers, cpus, timeout_s, budget_s)
-        self.theta_ref: Any = None
+        host, mode = None, shm.mode()
+        if mode != "off":
+            try:
+                host = shm.ShmHost(ray.get_runtime_context().get_node_id())
+            except OSError as e:
+                log.warning("shared memory unavailable (%s); using the object store", e)
+        try:
+            self.pool = WorkerPool((model_spec, dtype, *refs, seed, cpus), workers, cpus, timeout_s, budget_s,
+                                   shm=host, channels=mode == "channel")
+        except BaseException:
+            if host is not None:
+                host.close()
+            raise
 
     @property
     def size(self) -> int:
@@ -81,11 +98,16 @@ class RayBackend:
         return self.pool.failures
 
     def publish(self, theta: np.ndarray) -> None:
-        """Broadcast: one copy into the object store, passed by reference to every worker."""
-        self.theta_ref = self._ray.put(theta)
+        """Broadcast a snapshot: one copy into shared memory and/or the object store."""
+        self.pool.publish(theta)
+
+    @property
+    def theta_ref(self) -> Any:
+        """The published weights as an object-store reference (put on demand)."""
+        return self.pool.theta_ref()
 
     def run(self, method: str, plans: list[Plan]) -> list[Outcome]:
-        return self.pool.run(method, self.theta_ref, plans)
+        return self.pool.run(method, plans)
 
     def resize(self, n: int) -> None:
         self.pool.resize(n)

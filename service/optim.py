@@ -22,8 +22,11 @@ in this order (t = 1-based update count):
 
 All arithmetic runs in the parameter dtype (float32 or float64) on preallocated buffers
 with ``out=``: no array temporaries on the hot path (~670k parameters every step). The
-result depends only on the inputs and the optimizer state, so it is bitwise
-reproducible, including after a :meth:`Optimizer.state_dict` round trip.
+update is applied block by block (``BLOCK`` elements, so each block's operands stay in
+the CPU cache across the ~2-14 element-wise passes); every operation is element-wise,
+so blocking changes no bit. The norm is a fixed two-level sum (below). The result
+depends only on the inputs and the optimizer state, so it is bitwise reproducible,
+including after a :meth:`Optimizer.state_dict` round trip.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ __all__ = [
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+BLOCK = 65536  # elements per block of the norm and the update: fixed, part of the arithmetic
 
 
 # --------------------------------------------------------------------------- spec
@@ -147,8 +151,8 @@ class OptimizerSpec:
 class Optimizer:
     """Base class: argument checks, clipping, L2 decay, state (de)serialisation.
 
-    Subclasses implement :meth:`_update` on the preprocessed gradient, using
-    ``self._scratch`` and their named state buffers in ``self._buffers``.
+    Subclasses implement :meth:`_update` on one block of the preprocessed gradient, given
+    a scratch block and views of their named state buffers (``self._buffers``).
     """
 
     def __init__(self, spec: OptimizerSpec, n_params: int, dtype: np.dtype, buffers: tuple[str, ...] = ()):
@@ -157,8 +161,14 @@ class Optimizer:
         self.dtype = dtype
         self._step = 0
         self._buffers = {name: np.zeros(n_params, dtype) for name in buffers}
-        self._scratch = np.empty(n_params, dtype)
-        self._sq64 = np.empty(n_params, np.float64)  # squared gradient for the norm
+        self._blocks = [slice(a, min(a + BLOCK, n_params)) for a in range(0, n_params, BLOCK)]
+        block = min(BLOCK, n_params)
+        self._scratch_block = np.empty(block, dtype)
+        self._sq64 = np.empty(block, np.float64)  # one block's squared gradient, for the norm
+        self._block_sums = np.empty(len(self._blocks), np.float64)
+        # Per block: (slice, scratch, {state name: view}), built once: no per-step allocation.
+        self._block_views = [(b, self._scratch_block[:b.stop - b.start],
+                              {k: v[b] for k, v in self._buffers.items()}) for b in self._blocks]
         self._l2_in_grad = True  # AdamW turns this off (decoupled decay)
 
     @property
@@ -178,16 +188,23 @@ class Optimizer:
         if not math.isfinite(norm):
             raise FloatingPointError(f"non-finite gradient norm ({norm}); update skipped")
         clip, wd = self.spec.clip_norm, self.spec.weight_decay
-        if clip is not None and norm > clip:
-            np.multiply(grad, clip / norm, out=grad)
-        if wd and self._l2_in_grad:
-            np.multiply(params, wd, out=self._scratch)
-            np.add(grad, self._scratch, out=grad)
+        scale = clip / norm if clip is not None and norm > clip else None
+        l2 = wd if wd and self._l2_in_grad else 0.0
         self._step += 1
-        self._update(params, grad, float(lr))
+        lr = float(lr)
+        for b, s, bufs in self._block_views:  # element-wise throughout: blocking changes no bit
+            p, g = params[b], grad[b]
+            if scale is not None:
+                np.multiply(g, scale, out=g)
+            if l2:
+                np.multiply(p, l2, out=s)
+                np.add(g, s, out=g)
+            self._update(p, g, lr, s, bufs)
         return norm
 
-    def _update(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
+    def _update(self, params: np.ndarray, grad: np.ndarray, lr: float, s: np.ndarray,
+                bufs: dict[str, np.ndarray]) -> None:
+        """One block of the update: `s` is scratch, `bufs` the state buffers' views."""
         raise NotImplementedError
 
     def _check_args(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
@@ -201,10 +218,17 @@ class Optimizer:
             raise ValueError(f"lr must be finite and >= 0, got {lr}")
 
     def _grad_norm(self, grad: np.ndarray) -> float:
-        """``||g||_2`` accumulated in float64 by numpy's pairwise summation (unlike BLAS
-        dot, independent of thread count; float32 squares cannot overflow in float64)."""
-        np.square(grad, out=self._sq64, dtype=np.float64)
-        return math.sqrt(float(self._sq64.sum()))
+        """``||g||_2`` accumulated in float64: each block of ``BLOCK`` squares (exact in
+        float64 for float32 inputs, and free of float32 overflow) is summed by numpy's
+        pairwise summation, then the block sums are, the same way. A fixed order, so the
+        bits depend on nothing else (unlike BLAS dot: not on threads, nor on the CPU's
+        kernel); blocking keeps the float64 squares in cache (~2x faster than one pass)."""
+        sq, sums = self._sq64, self._block_sums
+        for i, b in enumerate(self._blocks):
+            v = sq[:b.stop - b.start]
+            np.square(grad[b], out=v, dtype=np.float64)
+            sums[i] = np.add.reduce(v)
+        return math.sqrt(float(np.add.reduce(sums)))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of all state: ``step`` (0-d int64) plus the named moment buffers."""
@@ -239,10 +263,11 @@ class SGD(Optimizer):
         self.momentum = momentum
         self.nesterov = nesterov
 
-    def _update(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
-        s, mu, direction = self._scratch, self.momentum, grad
+    def _update(self, params: np.ndarray, grad: np.ndarray, lr: float, s: np.ndarray,
+                bufs: dict[str, np.ndarray]) -> None:
+        mu, direction = self.momentum, grad
         if mu:
-            buf = self._buffers["momentum_buffer"]
+            buf = bufs["momentum_buffer"]
             if self._step == 1:
                 np.copyto(buf, grad)  # torch: first buffer is the gradient itself
             else:
@@ -263,8 +288,9 @@ class RMSprop(Optimizer):
     def __init__(self, spec: OptimizerSpec, n_params: int, dtype: np.dtype):
         super().__init__(spec, n_params, dtype, ("square_avg",))
 
-    def _update(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
-        s, v, alpha = self._scratch, self._buffers["square_avg"], self.spec.alpha
+    def _update(self, params: np.ndarray, grad: np.ndarray, lr: float, s: np.ndarray,
+                bufs: dict[str, np.ndarray]) -> None:
+        v, alpha = bufs["square_avg"], self.spec.alpha
         np.multiply(v, alpha, out=v)
         np.multiply(grad, 1.0 - alpha, out=s)
         np.multiply(s, grad, out=s)
@@ -285,9 +311,10 @@ class Adam(Optimizer):
         self.decoupled = decoupled
         self._l2_in_grad = not decoupled
 
-    def _update(self, params: np.ndarray, grad: np.ndarray, lr: float) -> None:
-        spec, s, t = self.spec, self._scratch, self._step
-        m, v = self._buffers["exp_avg"], self._buffers["exp_avg_sq"]
+    def _update(self, params: np.ndarray, grad: np.ndarray, lr: float, s: np.ndarray,
+                bufs: dict[str, np.ndarray]) -> None:
+        spec, t = self.spec, self._step
+        m, v = bufs["exp_avg"], bufs["exp_avg_sq"]
         if self.decoupled and spec.weight_decay:
             np.multiply(params, 1.0 - lr * spec.weight_decay, out=params)
         np.subtract(grad, m, out=s)  # m += (1 - beta1) * (g - m)

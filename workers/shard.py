@@ -4,6 +4,11 @@ The Ray actor and the in-process reference loop both call `ShardComputer`, so "N
 workers" and "one process" run literally the same arithmetic. Each chunk is computed
 with single-threaded BLAS (OpenBLAS gives different bits at different thread counts, so
 a worker with c CPUs runs c chunks side by side instead of one chunk on c threads).
+
+The BLAS limit costs ~1 ms per call through `threadpool_limits` (it rediscovers the
+loaded libraries by reading /proc/self/maps every time), so one `ThreadpoolController`
+is built per process and reused; a worker process pins BLAS to 1 thread once for good
+(`pin_single_thread_blas`), after which `compute` skips the limit entirely.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from workers.engine import Model
 from workers.tree import Node, chunk_bounds, cover, tree_sum
@@ -32,6 +37,13 @@ class Plan:
     chunk: int
     run: tuple[int, int]
 
+    def n_chunks(self) -> int:
+        return -(-self.size // self.chunk)
+
+    def n_nodes(self) -> int:
+        """How many tree nodes (hence partial sums) the run returns."""
+        return len(cover(*self.run, self.n_chunks()))
+
 
 @dataclass
 class Partial:
@@ -44,6 +56,38 @@ class Partial:
     count: int
     correct: int
     index_sum: int
+
+
+_controller: ThreadpoolController | None = None
+_pinned = False
+
+
+def blas_controller() -> ThreadpoolController:
+    """This process's thread-pool controller, discovered once (after numpy loaded BLAS)."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller
+
+
+def pin_single_thread_blas() -> None:
+    """For processes that only ever compute chunks (Ray workers): 1 BLAS thread, for good."""
+    global _pinned
+    blas_controller().limit(limits=1, user_api="blas")  # never undone
+    _pinned = True
+
+
+class _Unlimited:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def single_thread_blas():
+    """A context with 1 BLAS thread: free once pinned, else the cached controller's limit."""
+    return _Unlimited() if _pinned else blas_controller().limit(limits=1, user_api="blas")
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -77,10 +121,19 @@ class ShardComputer:
             self._perm = (epoch, epoch_permutation(self.seed, epoch, len(self.X)))
         return self._perm[1]
 
-    def compute(self, theta: np.ndarray, plan: Plan) -> list[Partial]:
-        """Partial sums for the tree nodes that tile this worker's run of chunks."""
+    def compute(self, theta: np.ndarray, plan: Plan, out: list[np.ndarray] | None = None) -> list[Partial]:
+        """Partial sums for the tree nodes that tile this worker's run of chunks.
+
+        With `out` (one array per node of `cover(run)`, training plans only), node j's
+        gradient sum is written into out[j]: the leftmost chunk of the node computes
+        straight into it and the node's additions accumulate there (left operand first,
+        as always), so no copy is made. Without it, gradients live in reusable buffers
+        valid until the next call.
+        """
         bounds = chunk_bounds(plan.size, plan.chunk)
+        n_chunks = len(bounds)
         a, b = plan.run
+        nodes = cover(a, b, n_chunks)
         train = plan.epoch >= 0
         if train:
             X, y = self.X, self.y
@@ -88,23 +141,33 @@ class ShardComputer:
         else:
             X, y = self.X_val, self.y_val
             order = np.arange(plan.start, plan.start + plan.size)
+        dest: dict[int, np.ndarray] = {}
+        if out is not None and train:
+            if len(out) != len(nodes):
+                raise ValueError(f"{len(out)} output buffers for {len(nodes)} tree nodes")
+            dest = {node[0]: o for node, o in zip(nodes, out)}  # a node's leftmost chunk
         jobs = [(i, order[bounds[i][0]:bounds[i][1]]) for i in range(a, b)]
         lanes = len(self.models)
 
         def lane(t: int) -> list[Partial]:  # lane t owns model t: chunks t, t + lanes, ...
-            return [self._chunk(t, theta, X, y, *jobs[k], k, train) for k in range(t, len(jobs), lanes)]
+            return [self._chunk(t, theta, X, y, *jobs[k], k, train, dest.get(jobs[k][0]))
+                    for k in range(t, len(jobs), lanes)]
 
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_thread_blas():
             if self.pool is None:
                 leaves = lane(0)
             else:
                 leaves = [p for ps in self.pool.map(lane, range(lanes)) for p in ps]
         known = {p.node: p for p in leaves}
-        n_chunks = len(bounds)
-        return [replace(tree_sum(node, n_chunks, known, add_into), node=node) for node in cover(a, b, n_chunks)]
+        parts = [replace(tree_sum(node, n_chunks, known, add_into), node=node) for node in nodes]
+        for p, o in zip(parts, out if dest else ()):
+            if p.grad is not o:  # cannot happen (sums accumulate into the left operand); be sure
+                np.copyto(o, p.grad)
+                p.grad = o
+        return parts
 
     def _chunk(self, lane: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray, i: int,
-               idx: np.ndarray, k: int, train: bool) -> Partial:
+               idx: np.ndarray, k: int, train: bool, out: np.ndarray | None = None) -> Partial:
         """Gather chunk i's rows into a contiguous buffer, then one grad_sum (or evaluate)."""
         model = self.models[lane]
         Xc = np.take(X, idx, axis=0, out=model._ws.get("X", (len(idx), X.shape[1]), X.dtype))
@@ -113,7 +176,8 @@ class ShardComputer:
         if not train:
             e = model.evaluate(theta, Xc, yc)
             return Partial(node, None, e.loss, e.count, e.correct, int(idx.sum()))
-        out = self._grad_buf(k, theta.size, model.dtype)
+        if out is None:
+            out = self._grad_buf(k, theta.size, model.dtype)
         s = model.grad_sum(theta, Xc, yc, out=out)
         return Partial(node, s.grad, s.loss, s.count, s.correct, int(idx.sum()))
 

@@ -1,0 +1,328 @@
+"""Same-node shared memory: the step's weights out and gradient sums back, off the object store.
+
+A worker on the coordinator's node reads the published weights from one shared file and
+writes its tree-node partial sums straight into its own shared output file; only small
+metadata (node, loss, count, correct, index sum, compute time) travels in the Ray call.
+Workers on other nodes keep the object-store path (`$DPTRAIN_SHM=0` forces it everywhere).
+
+Files are plain memory-mapped files in /dev/shm (tmpfs; `$DPTRAIN_SHM_DIR` overrides):
+
+    dptrain-<pid>.<pid namespace>-<token>-<what>
+
+created and unlinked by the coordinator only (`<pid>` is the coordinator's), so one
+`unlink_owned` on close removes a job's files and `cleanup_stale` at the next start
+removes those of a coordinator that died without closing. (Plain files rather than
+`multiprocessing.shared_memory`, whose resource tracker unlinks a segment when any
+attaching process exits on Python 3.11.)
+
+Each file starts with a 64-byte header: a magic, a random nonce (proves a worker opened
+the file the coordinator meant, not a same-named one in another mount namespace) and a
+version word (the weights' version, written after the data). Space is reserved with
+`posix_fallocate` when the file is created, so a full tmpfs fails there, cleanly (the
+job then uses the object store), never with SIGBUS on a later write. Docker's default
+/dev/shm is 64 MB: give containers `shm_size` (docs/scaling.md).
+"""
+from __future__ import annotations
+
+import glob
+import mmap
+import os
+import secrets
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+HEADER = 64
+_MAGIC = b"dptrshm1"
+_HEAD = struct.Struct("<8sQq")  # magic, nonce, version
+
+
+def slot_stride(nbytes: int) -> int:
+    """Bytes between gradient slots of an output file: each slot starts on a cache line."""
+    return -(-nbytes // 64) * 64
+
+
+def shm_dir() -> str:
+    return os.environ.get("DPTRAIN_SHM_DIR", "/dev/shm")
+
+
+def mode() -> str:
+    """`$DPTRAIN_SHM`: "channel" (default: shared memory, step calls over a Unix socket),
+    "calls" (shared memory, step calls through Ray) or "off" (0/false/no/off: the object
+    store for everyone, as for workers on other nodes)."""
+    flag = os.environ.get("DPTRAIN_SHM", "1").strip().lower()
+    if flag in ("0", "false", "no", "off") or not os.path.isdir(shm_dir()):
+        return "off"
+    return "calls" if flag == "calls" else "channel"
+
+
+def enabled() -> bool:
+    return mode() != "off"
+
+
+def _pid_namespace() -> str:
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # 'pid:[4026531836]'
+        return "".join(c for c in link if c.isdigit()) or "0"
+    except OSError:
+        return "0"
+
+
+def owner_tag() -> str:
+    """`<pid>.<pid namespace>` of this process: whose files these are."""
+    return f"{os.getpid()}.{_pid_namespace()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale(directory: str | None = None) -> list[str]:
+    """Unlink dptrain-* files whose creating process (same PID namespace) is gone.
+
+    Files of another PID namespace (a container sharing /dev/shm) are left alone: their
+    PIDs mean nothing here. Returns the paths removed.
+    """
+    ns, removed = _pid_namespace(), []
+    for path in glob.glob(os.path.join(directory or shm_dir(), "dptrain-*")):
+        owner = os.path.basename(path)[len("dptrain-"):].split("-", 1)[0]
+        pid, _, pns = owner.partition(".")
+        if not pid.isdigit() or pns != ns or _pid_alive(int(pid)):
+            continue
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class Segment:
+    """One shared file mapped into this process: the header, then `nbytes` of data."""
+
+    def __init__(self, path: str, mm: mmap.mmap, nonce: int, nbytes: int, writable: bool) -> None:
+        self.path, self.nonce, self.nbytes, self.writable = path, nonce, nbytes, writable
+        self._mm = mm
+        self._head = np.frombuffer(mm, dtype=np.int64, count=HEADER // 8)  # word 2: version
+
+    @classmethod
+    def create(cls, prefix: str, what: str, nbytes: int) -> "Segment":
+        """A new file `<prefix>-<what>` of HEADER + nbytes bytes, space reserved up front.
+
+        Raises OSError if the file cannot be created or tmpfs has no room.
+        """
+        path = f"{prefix}-{what}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            size = HEADER + max(int(nbytes), 8)
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            _unlink(path)
+            raise
+        os.close(fd)
+        nonce = secrets.randbits(63)
+        mm[:_HEAD.size] = _HEAD.pack(_MAGIC, nonce, -1)
+        return cls(path, mm, nonce, nbytes, True)
+
+    @classmethod
+    def attach(cls, path: str, nonce: int, writable: bool) -> "Segment":
+        """Map an existing file, checking it is the one announced (magic and nonce)."""
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+        finally:
+            os.close(fd)
+        magic, got, _ = _HEAD.unpack(mm[:_HEAD.size])
+        if magic != _MAGIC or got != nonce:
+            mm.close()
+            raise OSError(f"{path} is not the shared segment announced (magic or nonce differ)")
+        return cls(path, mm, nonce, size - HEADER, writable)
+
+    def array(self, dtype: np.dtype, count: int, offset: int = 0) -> np.ndarray:
+        """`count` items of `dtype` at byte `offset` of the data (read-only unless writable)."""
+        return np.frombuffer(self._mm, dtype=dtype, count=count, offset=HEADER + offset)
+
+    @property
+    def version(self) -> int:
+        return int(self._head[2])
+
+    def set_version(self, v: int) -> None:
+        self._head[2] = v
+
+    def unlink(self) -> None:
+        """Remove the file; this process's mapping (and views of it) stay valid."""
+        _unlink(self.path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def unlink_owned(prefix: str) -> None:
+    """Remove every file a coordinator created under `prefix`."""
+    for path in glob.glob(glob.escape(prefix) + "-*"):
+        _unlink(path)
+
+
+def new_prefix() -> str:
+    """`<dir>/dptrain-<pid>.<ns>-<token>`: a fresh namespace for one backend's files."""
+    return os.path.join(shm_dir(), f"dptrain-{owner_tag()}-{secrets.token_hex(4)}")
+
+
+# --- what travels in the Ray call ----------------------------------------------------------
+@dataclass(frozen=True)
+class SegmentRef:
+    path: str
+    nonce: int
+
+
+@dataclass(frozen=True)
+class ShmCall:
+    """One compute call on the fast path: where the weights are and where to write.
+
+    The weights are `theta_count` items of `dtype` in `theta`, at `version`. Gradient sums
+    go to `out`, one `theta_count`-sized slot per tree node of the run, from `out_slot`.
+    """
+
+    theta: SegmentRef
+    version: int
+    dtype: str
+    theta_count: int
+    out: SegmentRef | None
+    out_slot: int
+
+
+class Attachments:
+    """A worker's mapped segments, by path: theta is read-only, outputs writable."""
+
+    def __init__(self) -> None:
+        self._theta: Segment | None = None
+        self._out: Segment | None = None
+
+    def probe(self, ref: SegmentRef) -> bool:
+        try:
+            Segment.attach(ref.path, ref.nonce, writable=False)
+            return True
+        except OSError:
+            return False
+
+    def theta(self, call: ShmCall) -> np.ndarray:
+        seg = self._theta
+        if seg is None or seg.path != call.theta.path:
+            seg = self._theta = Segment.attach(call.theta.path, call.theta.nonce, writable=False)
+        if seg.version != call.version:
+            raise RuntimeError(f"shared weights are at version {seg.version}, the call expects {call.version}")
+        return seg.array(np.dtype(call.dtype), call.theta_count)
+
+    def out_slots(self, call: ShmCall, n: int) -> list[np.ndarray]:
+        if n == 0:
+            return []
+        if call.out is None:
+            raise RuntimeError("a training call on the shared-memory path needs an output segment")
+        seg = self._out
+        if seg is None or seg.path != call.out.path:
+            seg = self._out = Segment.attach(call.out.path, call.out.nonce, writable=True)
+        dtype = np.dtype(call.dtype)
+        stride = slot_stride(call.theta_count * dtype.itemsize)
+        if (call.out_slot + n) * stride > seg.nbytes:
+            raise RuntimeError(f"output segment too small for slots {call.out_slot}..{call.out_slot + n}")
+        return [seg.array(dtype, call.theta_count, (call.out_slot + j) * stride) for j in range(n)]
+
+
+# --- the coordinator's side --------------------------------------------------------------
+class ShmHost:
+    """The coordinator's segments: a probe, the published weights, workers' output files.
+
+    Only the coordinator creates and unlinks files. Every worker (every actor instance:
+    a replacement gets a new one) writes into its own output file, so a killed worker
+    that is still running for a moment can never write into data the coordinator reads.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        cleanup_stale()
+        self.node_id = node_id
+        self.prefix = new_prefix()
+        self._count = 0
+        self._probe = self._create("probe", 8)
+        self._theta: Segment | None = None
+        self._theta_view: np.ndarray | None = None
+        self.version = 0
+        self._retired: list[Segment] = []
+
+    def _create(self, what: str, nbytes: int) -> Segment:
+        self._count += 1
+        return Segment.create(self.prefix, f"{self._count}-{what}", nbytes)
+
+    @property
+    def probe(self) -> SegmentRef:
+        return SegmentRef(self._probe.path, self._probe.nonce)
+
+    def publish(self, theta: np.ndarray) -> None:
+        """Copy `theta` into the shared weights (a new file if its size or type changed).
+
+        Raises OSError if a needed file cannot be created (the caller falls back)."""
+        view = self._theta_view
+        if view is None or view.dtype != theta.dtype or view.size != theta.size:
+            seg = self._create("theta", theta.nbytes)
+            if self._theta is not None:
+                self.retire(self._theta)
+            self._theta, self._theta_view = seg, seg.array(theta.dtype, theta.size)
+            view = self._theta_view
+        np.copyto(view, theta)
+        self.version += 1
+        self._theta.set_version(self.version)
+
+    @property
+    def theta(self) -> np.ndarray | None:
+        """The published weights (the coordinator's view of the shared file)."""
+        return self._theta_view
+
+    def call(self, out: Segment | None, out_slot: int) -> ShmCall:
+        view = self._theta_view
+        return ShmCall(SegmentRef(self._theta.path, self._theta.nonce), self.version, view.dtype.str,
+                       view.size, None if out is None else SegmentRef(out.path, out.nonce), out_slot)
+
+    def new_output(self, slots: int) -> Segment:
+        """An output file of `slots` gradient-sized slots (OSError if there is no room)."""
+        return self._create("out", slots * self.slot_stride)
+
+    @property
+    def slot_stride(self) -> int:
+        return slot_stride(self._theta_view.nbytes)
+
+    def socket_path(self) -> str:
+        """A fresh name for a worker's call socket (the worker binds it)."""
+        self._count += 1
+        return f"{self.prefix}-{self._count}-sock"
+
+    def output_views(self, seg: Segment, first: int, n: int) -> list[np.ndarray]:
+        view, stride = self._theta_view, self.slot_stride
+        return [seg.array(view.dtype, view.size, (first + j) * stride) for j in range(n)]
+
+    def retire(self, seg: Segment | None) -> None:
+        """Unlink `seg` at the next `collect` (when no call in flight can still name it)."""
+        if seg is not None:
+            self._retired.append(seg)
+
+    def collect(self) -> None:
+        for seg in self._retired:
+            seg.unlink()
+        self._retired.clear()
+
+    def close(self) -> None:
+        self._retired.clear()
+        unlink_owned(self.prefix)
