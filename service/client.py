@@ -74,18 +74,26 @@ class Client:
     def cancel(self, job_id: str) -> pb.Job:
         return self._call("CancelJob", pb.CancelJobRequest(job_id=job_id))
 
-    def watch(self, job_id: str, from_step: int = 0, retries: int = 10) -> Iterator[pb.JobEvent]:
-        """State changes and per-step metrics; on a dropped connection, resumes after the last step."""
+    def watch(self, job_id: str, from_step: int = 0, retries: int = 10,
+              batch: int = 256) -> Iterator[pb.JobEvent]:
+        """State changes and one `metrics` event per step; on a dropped connection, resumes
+        after the last step. Steps travel `batch` to a message (`metrics_batch`) and are
+        handed out one by one here."""
         attempt = 0
         while True:
             try:
-                stream = self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, from_step=from_step),
-                                            metadata=self.metadata)
-                for event in stream:
+                request = pb.WatchJobRequest(job_id=job_id, from_step=from_step, max_batch=batch)
+                for event in self.stub.WatchJob(request, metadata=self.metadata):
                     attempt = 0
-                    if event.WhichOneof("event") == "metrics":
-                        from_step = event.metrics.step + 1
-                    yield event
+                    kind = event.WhichOneof("event")
+                    steps = event.metrics_batch.steps if kind == "metrics_batch" else \
+                        [event.metrics] if kind == "metrics" else None
+                    if steps is None:
+                        yield event
+                        continue
+                    for m in steps:
+                        from_step = m.step + 1
+                        yield pb.JobEvent(job_id=event.job_id, metrics=m)
                 return
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE or attempt >= retries:

@@ -26,6 +26,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError
 
+from service.warm import WARM
 from workers.actor import RayShardWorker
 from workers.channel import Channel, ChannelError
 from workers.shard import Partial, Plan, add_into
@@ -35,6 +36,7 @@ from workers.tree import Node, cover, root
 log = logging.getLogger(__name__)
 _LOST = (RayActorError, WorkerCrashedError)
 _MIXED_POLL_S = 0.002  # with both Ray calls and channel calls in flight, alternate this often
+_WARM_LOAD_S = 10.0  # a warm actor that cannot take a job within this is replaced
 
 
 class WorkersLost(RuntimeError):
@@ -149,12 +151,16 @@ class WorkerPool:
         self._theta_ref: Any = None  # the published weights in the object store, if needed
         self._theta_shared = False  # the published weights are in shared memory
         self._reduce_scratch: dict[tuple, np.ndarray] = {}  # one buffer per tree node, reused
+        self._clean = True  # no step ended by an exception (calls may still be running)
         self.resize(n_workers)
 
     # --- lifecycle ----------------------------------------------------------------
     def _start(self, count: int, deadline: float) -> list[Slot]:
-        actors = [RayShardWorker.options(num_cpus=self.cpus, scheduling_strategy="SPREAD")
-                  .remote(*self.actor_args) for _ in range(count)]
+        actors = self._warm(count, deadline)
+        if len(actors) < count:
+            WARM.drain()  # idle actors of another size hold CPUs the new ones may need
+            actors += [RayShardWorker.options(num_cpus=self.cpus, scheduling_strategy="SPREAD")
+                       .remote(*self.actor_args) for _ in range(count - len(actors))]
         probe = self.shm.probe if self.shm is not None else None
         listen = [self.shm.socket_path() if self.channels else None for _ in actors]
         refs = [a.info.remote(probe, path) for a, path in zip(actors, listen)]
@@ -178,6 +184,22 @@ class WorkerPool:
             slots.append(Slot(a, i, shm, chan))
         return slots
 
+    def _warm(self, count: int, deadline: float) -> list[Any]:
+        """Idle actors of an earlier job (`service/warm.py`), loaded with this one."""
+        actors = WARM.take(self.cpus, count)
+        if not actors:
+            return []
+        loads = [a.load.remote(*self.actor_args) for a in actors]
+        ready = []
+        for a, ref in zip(actors, loads):
+            try:
+                ray.get(ref, timeout=max(0.1, min(_WARM_LOAD_S, deadline - time.monotonic())))
+                ready.append(a)
+            except (GetTimeoutError, *_LOST, RayTaskError) as e:  # gone while idle: start a new one
+                log.info("warm worker unusable (%s); starting a new one", type(e).__name__)
+                ray.kill(a)
+        return ready
+
     def _drop(self, slot: Slot) -> None:
         """Kill a slot's actor; its output file is unlinked once no call can name it."""
         ray.kill(slot.actor, no_restart=True)
@@ -197,10 +219,19 @@ class WorkerPool:
             self._drop(self.slots.pop())
 
     def shutdown(self) -> None:
+        """Stop the job's workers: emptied and kept warm for the next job if the last step
+        ended cleanly (no call can still be running), killed otherwise."""
         for s in self.slots:
             if s.chan is not None:
                 s.chan.close()
-            ray.kill(s.actor)
+        actors = [s.actor for s in self.slots]
+        if self._clean:
+            for a in actors:
+                a.release.remote()  # runs before any later call of the next job's
+            WARM.give(self.cpus, actors)
+        else:
+            for a in actors:
+                ray.kill(a)
         self.slots = []
         self._theta_ref = None
         if self.shm is not None:
@@ -247,6 +278,7 @@ class WorkerPool:
         workers' output files; those of nodes finished here live in the pool's buffers:
         either is valid until the next `run`.
         """
+        self._clean = False
         started = time.monotonic()
         recovery_deadline = started + self.budget_s
         outcomes: dict[int, Outcome] = {}
@@ -297,6 +329,7 @@ class WorkerPool:
                     self._lost(x, f"missed the {self.timeout_s:g}s deadline", recovery_deadline, dispatch)
         if self.dead:  # the job goes on with fewer workers; the trajectory is unchanged
             self.slots = [sl for i, sl in enumerate(self.slots) if i not in self.dead]
+        self._clean = True
         return [outcomes[p] for p in range(len(plans))]
 
     def _wait(self, keys: list[Any], timeout: float) -> list[Any]:

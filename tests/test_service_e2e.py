@@ -63,6 +63,25 @@ def test_watch_resumes_from_a_step_without_gaps(client):
     assert again == list(range(7, 16))
 
 
+def test_batched_watch_carries_every_step_once_in_order(client):
+    """Live: steps arrive as `metrics_batch` events, none missing, none twice, same values
+    as the one-event-per-step stream (replayed from the record afterwards)."""
+    job = client.submit({**JOB, "epochs": 4})
+    request = pb.WatchJobRequest(job_id=job.id, max_batch=8)
+    events = list(client.stub.WatchJob(request, metadata=client.metadata))
+    kinds = {e.WhichOneof("event") for e in events}
+    assert kinds == {"state", "metrics_batch"}
+    batches = [e.metrics_batch.steps for e in events if e.WhichOneof("event") == "metrics_batch"]
+    assert all(1 <= len(b) <= 8 for b in batches)
+    live = [m for b in batches for m in b]
+    assert [m.step for m in live] == list(range(1, 61))
+    single = [e.metrics for e in client.watch(job.id, batch=0) if e.WhichOneof("event") == "metrics"]
+    assert single == live
+    tail = client.stub.WatchJob(pb.WatchJobRequest(job_id=job.id, from_step=55, max_batch=4), metadata=client.metadata)
+    assert [[m.step for m in e.metrics_batch.steps] for e in tail if e.WhichOneof("event") == "metrics_batch"] \
+        == [[55, 56, 57, 58], [59, 60]]
+
+
 def test_two_jobs_run_at_once_and_the_third_queues_then_cancel(client):
     long = {**JOB, "epochs": 200, "checkpoint_every": 0}
     a, b, c = (client.submit(long, name=n) for n in "abc")

@@ -68,6 +68,14 @@ def test_malformed_requests(client, call, code):
     assert client.healthy()
 
 
+@pytest.mark.parametrize("max_batch", [-1, 4097])
+def test_watch_batch_size_is_checked(client, max_batch):
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.stub.WatchJob(pb.WatchJobRequest(job_id="nope", max_batch=max_batch)))
+    assert info.value.code() == INVALID and "max_batch" in info.value.details()
+    assert client.healthy()
+
+
 def test_predict_checks_the_input_tensor(client):
     job = client.submit(GOOD)
     client.wait(job.id)

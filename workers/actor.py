@@ -21,12 +21,30 @@ from workers.shm import Attachments, SegmentRef, ShmCall
 
 
 class ShardWorker:
-    """Plain class (tests can build it without Ray); `RayShardWorker` is its actor form."""
+    """Plain class (tests can build it without Ray); `RayShardWorker` is its actor form.
 
-    def __init__(self, model_spec: Mapping[str, Any], dtype: str, X: np.ndarray, y: np.ndarray,
-                 X_val: np.ndarray | None, y_val: np.ndarray | None, seed: int, cpus: float) -> None:
+    Built with a job's arguments, or empty and given a job later by `load`: a warm actor
+    serves job after job (`service/warm.py`), emptied by `release` in between.
+    """
+
+    def __init__(self, *job: Any) -> None:
+        self.computer: ShardComputer | None = None
+        self.release()
+        if job:
+            self.load(*job)
+
+    def load(self, model_spec: Mapping[str, Any], dtype: str, X: np.ndarray, y: np.ndarray,
+             X_val: np.ndarray | None, y_val: np.ndarray | None, seed: int, cpus: float) -> None:
+        """Take on a job: its model and zero-copy views of its data."""
+        self.release()
         threads = max(1, int(cpus))
         self.computer = ShardComputer(model_spec, dtype, X, y, X_val, y_val, seed, threads)
+
+    def release(self) -> None:
+        """Drop the job: its data views (so the object store can free them), its shared files."""
+        if self.computer is not None and self.computer.pool is not None:
+            self.computer.pool.shutdown(wait=False)
+        self.computer = None
         self.shm = Attachments()
         self._delay: list[float] = []
 

@@ -258,12 +258,14 @@ class CancelJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
-    __slots__ = ("job_id", "from_step")
+    __slots__ = ("job_id", "from_step", "max_batch")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     from_step: int
-    def __init__(self, job_id: _Optional[str] = ..., from_step: _Optional[int] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, job_id: _Optional[str] = ..., from_step: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class WorkerTiming(_message.Message):
     __slots__ = ("worker", "node", "compute_s", "total_s", "straggler")
@@ -322,14 +324,22 @@ class StateChange(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "state", "metrics")
+    __slots__ = ("job_id", "state", "metrics", "metrics_batch")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_BATCH_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: StateChange
     metrics: StepMetrics
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[StateChange, _Mapping]] = ..., metrics: _Optional[_Union[StepMetrics, _Mapping]] = ...) -> None: ...
+    metrics_batch: MetricsBatch
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[StateChange, _Mapping]] = ..., metrics: _Optional[_Union[StepMetrics, _Mapping]] = ..., metrics_batch: _Optional[_Union[MetricsBatch, _Mapping]] = ...) -> None: ...
+
+class MetricsBatch(_message.Message):
+    __slots__ = ("steps",)
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[StepMetrics]
+    def __init__(self, steps: _Optional[_Iterable[_Union[StepMetrics, _Mapping]]] = ...) -> None: ...
 
 class StreamWeightsRequest(_message.Message):
     __slots__ = ("job_id", "every_n_steps")

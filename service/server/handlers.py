@@ -46,26 +46,44 @@ def cancel_job(m: JobManager, req: pb.CancelJobRequest) -> pb.Job:
     return convert.record_to_job(m.cancel(req.job_id))
 
 
+MAX_WATCH_BATCH = 4096
+
+
 def watch_job(m: JobManager, req: pb.WatchJobRequest, active: Callable[[], bool],
               batch_s: float = 0.05) -> Iterator[pb.JobEvent]:
     """The job's state, then every step's metrics from `from_step` on, live until it ends.
 
     A watcher wakes at most every `batch_s` and sends what accumulated meanwhile, so many
-    open streams on a fast job cost the server a bounded number of wake-ups.
+    open streams on a fast job cost the server a bounded number of wake-ups; with
+    `max_batch` > 1 it also sends it in a bounded number of messages (`metrics_batch`).
     """
+    if not 0 <= req.max_batch <= MAX_WATCH_BATCH:
+        raise SpecError("max_batch", f"must be in [0, {MAX_WATCH_BATCH}], got {req.max_batch}")
     feed = m.feed(req.job_id)
     next_step, changes = max(req.from_step, 0), -1
     while active():
         if feed.changes != changes:
             changes, state = feed.changes, feed.state
             yield pb.JobEvent(state=pb.StateChange(state=convert.state_to_pb(state), message=feed.message))
-        for step, event in feed.since(next_step):
-            yield event
-            next_step = step + 1
+        new = feed.since(next_step)
+        if new:
+            yield from _metrics_events(new, req.max_batch)
+            next_step = new[-1][0] + 1
         if feed.state in TERMINAL and not feed.since(next_step) and changes == feed.changes:
             return
         feed.wait(next_step - 1, changes, timeout=0.5)
         time.sleep(batch_s)
+
+
+def _metrics_events(new: list[tuple[int, pb.JobEvent]], max_batch: int) -> Iterator[pb.JobEvent]:
+    """One event per step, or `metrics_batch` events of up to `max_batch` steps each."""
+    if max_batch <= 1:
+        for _, event in new:
+            yield event
+        return
+    for i in range(0, len(new), max_batch):
+        steps = [event.metrics for _, event in new[i:i + max_batch]]
+        yield pb.JobEvent(metrics_batch=pb.MetricsBatch(steps=steps))
 
 
 def stream_weights(m: JobManager, req: pb.StreamWeightsRequest, active: Callable[[], bool],

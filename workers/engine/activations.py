@@ -7,7 +7,7 @@ is cheapest given what forward cached (often in terms of `out`).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import erf, expit
+from .special import erf, expit
 
 from .op import Op
 
