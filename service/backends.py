@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class Backend(Protocol):
     size: int
 
-    def publish(self, theta: np.ndarray) -> None: ...
+    def publish(self, theta: np.ndarray) -> np.ndarray: ...
     def run(self, method: str, plans: list[Plan]) -> list[Outcome]: ...
     def resize(self, n: int) -> None: ...
     def nodes(self) -> list[dict[str, Any]]: ...
@@ -41,8 +41,9 @@ class LocalBackend:
         self.computer = ShardComputer(model_spec, dtype, X, y, X_val, y_val, seed, threads=1)
         self.theta: np.ndarray | None = None
 
-    def publish(self, theta: np.ndarray) -> None:
+    def publish(self, theta: np.ndarray) -> np.ndarray:
         self.theta = theta
+        return theta
 
     def run(self, method: str, plans: list[Plan]) -> list[Outcome]:
         assert len(plans) == 1, "the local backend computes a step as one plan"
@@ -97,9 +98,10 @@ class RayBackend:
     def failures(self) -> int:
         return self.pool.failures
 
-    def publish(self, theta: np.ndarray) -> None:
-        """Broadcast a snapshot: one copy into shared memory and/or the object store."""
-        self.pool.publish(theta)
+    def publish(self, theta: np.ndarray) -> np.ndarray:
+        """Broadcast the weights: into shared memory (a copy, unless `theta` is the shared
+        weights returned last time) and/or the object store. Returns where they now are."""
+        return self.pool.publish(theta)
 
     @property
     def theta_ref(self) -> Any:

@@ -39,6 +39,13 @@ _MIXED_POLL_S = 0.002  # with both Ray calls and channel calls in flight, altern
 _WARM_LOAD_S = 10.0  # a warm actor that cannot take a job within this is replaced
 
 
+def _kill_quietly(actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
 class WorkersLost(RuntimeError):
     """No worker could be (re)started within the recovery budget."""
 
@@ -189,15 +196,22 @@ class WorkerPool:
         actors = WARM.take(self.cpus, count)
         if not actors:
             return []
-        loads = [a.load.remote(*self.actor_args) for a in actors]
+        loads = []
+        for a in actors:
+            try:
+                loads.append(a.load.remote(*self.actor_args))
+            except Exception as e:  # noqa: BLE001 - Ray refuses calls to an actor it knows is gone
+                loads.append(e)
         ready = []
         for a, ref in zip(actors, loads):
             try:
+                if isinstance(ref, Exception):
+                    raise ref
                 ray.get(ref, timeout=max(0.1, min(_WARM_LOAD_S, deadline - time.monotonic())))
                 ready.append(a)
-            except (GetTimeoutError, *_LOST, RayTaskError) as e:  # gone while idle: start a new one
+            except Exception as e:  # noqa: BLE001 - gone while idle, or stuck: start a new one
                 log.info("warm worker unusable (%s); starting a new one", type(e).__name__)
-                ray.kill(a)
+                _kill_quietly(a)
         return ready
 
     def _drop(self, slot: Slot) -> None:
@@ -241,19 +255,22 @@ class WorkerPool:
         return [{"worker": i, **s.info} for i, s in enumerate(self.slots)]
 
     # --- the weights ------------------------------------------------------------------
-    def publish(self, theta: np.ndarray) -> None:
-        """A snapshot of `theta` for the next step: copied into the shared weights (same-node
-        workers) and, only if some worker needs it, put once into the object store."""
+    def publish(self, theta: np.ndarray) -> np.ndarray:
+        """`theta` for the next step: in the shared weights (same-node workers) and, only if
+        some worker needs it, put once into the object store. Returns where the weights now
+        are: the shared weights, which the caller may update in place until the next
+        `publish` (no copy then), or `theta` itself."""
         self._theta_ref, self._theta_shared = None, False
         if self.shm is not None:
             try:
-                self.shm.publish(theta)
+                shared = self.shm.publish(theta)
                 self._theta_shared = True
             except OSError as e:
                 log.warning("shared memory unavailable (%s); using the object store", e)
                 self._disable_shm()
         if not self._theta_shared or any(not sl.shm for sl in self.slots):
             self._theta_ref = ray.put(theta)
+        return shared if self._theta_shared else theta
 
     def _disable_shm(self) -> None:
         for sl in self.slots:

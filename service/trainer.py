@@ -103,7 +103,9 @@ class Trainer:
                                       timeout_s=config.worker_timeout_s, budget_s=config.recovery_budget_s)
         else:
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
-        self.backend.publish(self.state.theta)
+        # From here on the weights live where the backend publishes them (for same-node Ray
+        # workers: the shared-memory file they read), so publishing is a version bump.
+        self.state.theta = self.backend.publish(self.state.theta)
 
     # --- the schedule of batches -------------------------------------------------------
     def _steps_per_epoch(self) -> int:
@@ -170,7 +172,7 @@ class Trainer:
         grad_norm = self.optimizer.step(self.state.theta, self.grad, lr)
         s = self.state
         s.step, s.position, s.version = s.step + 1, start + size, s.version + 1
-        self.backend.publish(s.theta)
+        s.theta = self.backend.publish(s.theta)
         if self.on_weights:
             self.on_weights(s.version, s.step, s.theta)
         elapsed = time.perf_counter() - t0

@@ -42,7 +42,12 @@ class _Idle:
 
 
 def _session() -> str:
-    return ray.get_runtime_context().get_job_id() if ray.is_initialized() else ""
+    """This driver's connection to Ray: job ids restart at 1 in a new local cluster, so the
+    driver's node id (random per node start) tells clusters apart."""
+    if not ray.is_initialized():
+        return ""
+    ctx = ray.get_runtime_context()
+    return f"{ctx.get_job_id()}@{ctx.get_node_id()}"
 
 
 class WarmActors:

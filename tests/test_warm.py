@@ -58,6 +58,19 @@ def test_a_worker_that_died_while_idle_is_replaced(cold):
     assert theta.tobytes() == train(JOB, backend="local")[0].tobytes()
 
 
+def test_workers_ray_knows_are_dead_are_replaced(cold):
+    """Ray refuses calls to an actor it knows is gone (at submission, not at ray.get)."""
+    _, pids = train(JOB)
+    import ray
+
+    for idle in WARM._idle:
+        ray.kill(idle.actor)
+    time.sleep(0.5)
+    theta, again = train(JOB)
+    assert not set(pids) & set(again) and len(again) == 2
+    assert theta.tobytes() == train(JOB, backend="local")[0].tobytes()
+
+
 def test_idle_workers_of_another_size_make_room(cold):
     train(JOB)  # leaves 2 idle actors of 0.25 CPU
     theta, pids = train({**JOB, "cpus_per_worker": 1.0})  # needs both CPUs of the session

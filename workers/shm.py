@@ -271,8 +271,10 @@ class ShmHost:
     def probe(self) -> SegmentRef:
         return SegmentRef(self._probe.path, self._probe.nonce)
 
-    def publish(self, theta: np.ndarray) -> None:
-        """Copy `theta` into the shared weights (a new file if its size or type changed).
+    def publish(self, theta: np.ndarray) -> np.ndarray:
+        """Copy `theta` into the shared weights (a new file if its size or type changed) and
+        return them. Given the shared weights themselves (the coordinator updates them in
+        place between steps), publishing is only a version bump.
 
         Raises OSError if a needed file cannot be created (the caller falls back)."""
         view = self._theta_view
@@ -282,9 +284,11 @@ class ShmHost:
                 self.retire(self._theta)
             self._theta, self._theta_view = seg, seg.array(theta.dtype, theta.size)
             view = self._theta_view
-        np.copyto(view, theta)
+        if theta is not view:
+            np.copyto(view, theta)
         self.version += 1
         self._theta.set_version(self.version)
+        return view
 
     @property
     def theta(self) -> np.ndarray | None:
