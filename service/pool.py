@@ -26,7 +26,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError
 
-from service.warm import WARM
+from service.warm import WARM, kill
 from workers.actor import RayShardWorker
 from workers.channel import Channel, ChannelError
 from workers.shard import Partial, Plan, add_into
@@ -37,13 +37,6 @@ log = logging.getLogger(__name__)
 _LOST = (RayActorError, WorkerCrashedError)
 _MIXED_POLL_S = 0.002  # with both Ray calls and channel calls in flight, alternate this often
 _WARM_LOAD_S = 10.0  # a warm actor that cannot take a job within this is replaced
-
-
-def _kill_quietly(actor: Any) -> None:
-    try:
-        ray.kill(actor, no_restart=True)
-    except Exception:  # noqa: BLE001 - already gone
-        pass
 
 
 class WorkersLost(RuntimeError):
@@ -211,7 +204,7 @@ class WorkerPool:
                 ready.append(a)
             except Exception as e:  # noqa: BLE001 - gone while idle, or stuck: start a new one
                 log.info("warm worker unusable (%s); starting a new one", type(e).__name__)
-                _kill_quietly(a)
+                kill([a])
         return ready
 
     def _drop(self, slot: Slot) -> None:

@@ -70,7 +70,7 @@ class WarmActors:
         """Keep emptied, healthy actors for the next job (or kill them if warm workers are off)."""
         idle_s = idle_seconds()
         if not idle_s:
-            _kill(actors)
+            kill(actors)
             return
         now, session = time.monotonic(), _session()
         with self._lock:
@@ -83,7 +83,7 @@ class WarmActors:
         """Kill every idle actor (frees their CPUs for actors of another size)."""
         with self._lock:
             idle, self._idle = self._idle, []
-        _kill([i.actor for i in idle])
+        kill([i.actor for i in idle])
 
     def __len__(self) -> int:
         with self._lock:
@@ -97,10 +97,11 @@ class WarmActors:
             with self._lock:
                 old = [i for i in self._idle if i.since <= cutoff]
                 self._idle = [i for i in self._idle if i.since > cutoff]
-            _kill([i.actor for i in old])
+            kill([i.actor for i in old])
 
 
-def _kill(actors: list[Any]) -> None:
+def kill(actors: list[Any]) -> None:
+    """ray.kill each, ignoring actors already gone (or a Ray that shut down)."""
     for a in actors:
         try:
             ray.kill(a, no_restart=True)
