@@ -86,14 +86,14 @@ class Client:
                 for event in self.stub.WatchJob(request, metadata=self.metadata):
                     attempt = 0
                     kind = event.WhichOneof("event")
-                    steps = event.metrics_batch.steps if kind == "metrics_batch" else \
-                        [event.metrics] if kind == "metrics" else None
-                    if steps is None:
-                        yield event
+                    if kind == "metrics_batch":
+                        for m in event.metrics_batch.steps:
+                            from_step = m.step + 1
+                            yield pb.JobEvent(job_id=event.job_id, metrics=m)
                         continue
-                    for m in steps:
-                        from_step = m.step + 1
-                        yield pb.JobEvent(job_id=event.job_id, metrics=m)
+                    if kind == "metrics":
+                        from_step = event.metrics.step + 1
+                    yield event
                 return
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE or attempt >= retries:

@@ -39,6 +39,15 @@ _MIXED_POLL_S = 0.002  # with both Ray calls and channel calls in flight, altern
 _WARM_LOAD_S = 10.0  # a warm actor that cannot take a job within this is replaced
 
 
+def _submit(method: Any, *args: Any) -> Any:
+    """`method.remote(*args)`, or None if Ray refuses it: it does so at once, with a plain
+    Exception, for an actor it already knows is dead."""
+    try:
+        return method.remote(*args)
+    except Exception:  # noqa: BLE001 - Ray raises no narrower type here
+        return None
+
+
 class WorkersLost(RuntimeError):
     """No worker could be (re)started within the recovery budget."""
 
@@ -185,26 +194,19 @@ class WorkerPool:
         return slots
 
     def _warm(self, count: int, deadline: float) -> list[Any]:
-        """Idle actors of an earlier job (`service/warm.py`), loaded with this one."""
-        actors = WARM.take(self.cpus, count)
-        if not actors:
-            return []
-        loads = []
-        for a in actors:
-            try:
-                loads.append(a.load.remote(*self.actor_args))
-            except Exception as e:  # noqa: BLE001 - Ray refuses calls to an actor it knows is gone
-                loads.append(e)
+        """Idle actors of an earlier job (`service/warm.py`), loaded with this one; any that
+        cannot take it (gone while idle, or stuck) is killed and left out."""
+        loading = [(a, _submit(a.load, *self.actor_args)) for a in WARM.take(self.cpus, count)]
         ready = []
-        for a, ref in zip(actors, loads):
+        for a, ref in loading:
             try:
-                if isinstance(ref, Exception):
-                    raise ref
-                ray.get(ref, timeout=max(0.1, min(_WARM_LOAD_S, deadline - time.monotonic())))
-                ready.append(a)
-            except Exception as e:  # noqa: BLE001 - gone while idle, or stuck: start a new one
+                if ref is not None:
+                    ray.get(ref, timeout=max(0.1, min(_WARM_LOAD_S, deadline - time.monotonic())))
+                    ready.append(a)
+                    continue
+            except (GetTimeoutError, RayTaskError, *_LOST) as e:
                 log.info("warm worker unusable (%s); starting a new one", type(e).__name__)
-                kill([a])
+            kill([a])
         return ready
 
     def _drop(self, slot: Slot) -> None:
@@ -232,13 +234,12 @@ class WorkerPool:
             if s.chan is not None:
                 s.chan.close()
         actors = [s.actor for s in self.slots]
-        if self._clean:
-            for a in actors:
-                a.release.remote()  # runs before any later call of the next job's
-            WARM.give(self.cpus, actors)
+        if self._clean:  # release runs before any call of the next job's (calls run in order)
+            released = [(a, _submit(a.release)) for a in actors]
+            kill([a for a, ref in released if ref is None])
+            WARM.give(self.cpus, [a for a, ref in released if ref is not None])
         else:
-            for a in actors:
-                ray.kill(a)
+            kill(actors)
         self.slots = []
         self._theta_ref = None
         if self.shm is not None:

@@ -71,6 +71,21 @@ def test_workers_ray_knows_are_dead_are_replaced(cold):
     assert theta.tobytes() == train(JOB, backend="local")[0].tobytes()
 
 
+def test_a_worker_lost_after_the_last_step_does_not_break_the_next_job(cold):
+    import ray
+
+    t = Trainer(TrainConfig.from_dict(JOB), backend="ray")
+    for _ in t.run():
+        pass
+    dead = t.backend.pool.slots[0].info["pid"]
+    ray.kill(t.backend.pool.slots[0].actor)
+    time.sleep(0.5)
+    t.close()  # the job's workers go back warm: one of them is dead
+    theta, pids = train(JOB)
+    assert dead not in pids and len(pids) == 2
+    assert theta.tobytes() == train(JOB, backend="local")[0].tobytes()
+
+
 def test_idle_workers_of_another_size_make_room(cold):
     train(JOB)  # leaves 2 idle actors of 0.25 CPU
     theta, pids = train({**JOB, "cpus_per_worker": 1.0})  # needs both CPUs of the session

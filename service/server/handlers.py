@@ -18,6 +18,9 @@ from .datasets import TooLarge
 from .manager import TERMINAL, JobManager
 
 
+MAX_WATCH_BATCH = 4096  # steps per `metrics_batch` event, at most
+
+
 class NotReady(Exception):
     """The job is not in a state where this request makes sense (FAILED_PRECONDITION)."""
 
@@ -44,9 +47,6 @@ def cancel_job(m: JobManager, req: pb.CancelJobRequest) -> pb.Job:
     if rec.state in TERMINAL:
         raise NotReady(f"job {req.job_id} is already {rec.state}")
     return convert.record_to_job(m.cancel(req.job_id))
-
-
-MAX_WATCH_BATCH = 4096
 
 
 def watch_job(m: JobManager, req: pb.WatchJobRequest, active: Callable[[], bool],
