@@ -89,9 +89,9 @@ def breakdown(steps: int, warmup: int, chunk: int | None, data) -> None:
         setattr(obj, name, g)
 
     timed(t.backend, "run", "run: dispatch, workers, replies, pool-side tree")
-    timed(t, "_reduce", "trainer: rest of the tree")
+    timed(t, "_mean_gradient", f"trainer: root addition + divide + norm's squares ({tail_impl()})")
     timed(t.ledger, "record", "trainer: ledger")
-    timed(t.optimizer, "step", "optimizer: norm + update")
+    timed(t.optimizer, "step", "optimizer: update")
     timed(t.backend, "publish", "publish the weights")
     try:
         ms = list(t.run())
@@ -107,7 +107,13 @@ def breakdown(steps: int, warmup: int, chunk: int | None, data) -> None:
     for k, v in spans.items():
         print(f"  {k}: {med(v):.3f} ms")
     other = [m.step_s - r - sum(v[i] for v in spans.values()) for i, (m, r) in enumerate(zip(ms, run))]
-    print(f"  everything else in Trainer.step (divide, checks, metrics): {med(other):.3f} ms")
+    print(f"  everything else in Trainer.step (plans, checks, metrics): {med(other):.3f} ms")
+
+
+def tail_impl() -> str:
+    from service import tail
+
+    return "compiled kernel" if tail.compiled() else "numpy passes"
 
 
 def local_rate(steps: int, chunk: int | None, data) -> float:

@@ -4,11 +4,13 @@
 
 The tail is what the coordinator does between the last worker's reply and the next
 dispatch: the root addition of the reduction tree, the division by the batch size, the
-gradient norm and the SGD update, each an element-wise numpy pass over the flat weights
-(MLP 784-512-512-10: 669,706 float32, 2.7 MB). Printed: each pass alone; the trainer's
-sequence; the same passes fused into cache-sized blocks; `einsum` for the norm; and, if
-numba is importable (it is not a dependency: `pip install numba`), fused compiled loops.
-Every variant is checked to produce the same bits as the trainer's sequence.
+gradient norm and the SGD update over the flat weights (MLP 784-512-512-10: 669,706
+float32, 2.7 MB). Printed: each numpy pass alone; the tail as numpy passes (the trainer
+before `service/tail.py`); the same passes fused into cache-sized blocks; `einsum` for
+the norm; the trainer's tail today (the compiled kernel for add + divide + norm's
+squares, then the update); and, if numba is importable (it is not a dependency:
+`pip install numba`), one fused numba loop. Every variant is checked to produce the
+same bits as the numpy passes.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from service import tail  # noqa: E402
 from service.optim import BLOCK, OptimizerSpec, make_optimizer  # noqa: E402
 
 P, COUNT, LR = 669_706, 1024, 0.01
@@ -53,13 +56,18 @@ def main() -> None:
 
     theta = theta0.copy()
 
-    def trainer() -> None:  # what Trainer.step does today
+    def passes() -> None:  # what Trainer.step did before service/tail.py
         np.add(left, right, out=s)
         np.divide(s, COUNT, out=g)
         opt.step(theta, g, LR)
 
+    sums = np.empty(tail.n_blocks(P))
+
+    def trainer() -> None:  # what Trainer.step does today
+        tail.mean_grad(left, right, COUNT, g, sums)
+        opt.step(theta, g, LR, sums)
+
     blocks = [slice(a, min(a + BLOCK, P)) for a in range(0, P, BLOCK)]
-    sums = np.empty(len(blocks))
 
     def fused() -> None:  # the same passes, block by block: (add, divide, square-sum), then update
         for i, b in enumerate(blocks):
@@ -73,10 +81,15 @@ def main() -> None:
             np.multiply(g[b], LR, out=s[b])
             np.subtract(theta[b], s[b], out=theta[b])
 
-    reference = _after_one(trainer, theta, theta0)
-    print(f"  trainer's tail (add, divide, norm, SGD update): {ms(trainer):.3f} ms")
+    reference = _after_one(passes, theta, theta0)
+    print(f"  the tail as numpy passes (add, divide, norm, SGD update): {ms(passes):.3f} ms")
     assert _after_one(fused, theta, theta0) == reference
     print(f"  fused into blocks, numpy: {ms(fused):.3f} ms (same bits)")
+    assert _after_one(trainer, theta, theta0) == reference
+    impl = "compiled kernel" if tail.compiled() else "numpy passes: the kernel is not built"
+    print(f"  the trainer's tail ({impl}, then the update): {ms(trainer):.3f} ms (same bits)")
+    mean = (lambda: tail.mean_grad(left, right, COUNT, g, sums))
+    print(f"    of which add + divide + norm's squares: {ms(mean):.3f} ms")
     try:
         import numba  # noqa: F401
     except ImportError:

@@ -2,7 +2,9 @@
 
 Two cheap checks: workers report, for every chunk, the count and the sum of the example
 indices they actually used, which the coordinator compares with the step's plan; and
-the coordinator counts uses per example over the epoch (one byte per example).
+the coordinator counts uses per example over the epoch. A step only keeps a reference
+to its indices (a slice of the epoch's permutation: no copy, no per-step pass); the
+epoch's end counts them all at once (`np.bincount`, one pass over the epoch).
 """
 from __future__ import annotations
 
@@ -25,26 +27,33 @@ class EpochReport:
 
 class EpochLedger:
     def __init__(self, n: int, epoch: int = 0) -> None:
-        self.counts = np.zeros(n, dtype=np.uint8)
+        self.n = n
         self.epoch = epoch
         self.reports: list[EpochReport] = []
+        self._used: list[np.ndarray] = []  # the epoch's steps' indices, as given
 
     def record(self, epoch: int, indices: np.ndarray) -> None:
+        """Note that `indices` (which the caller does not modify afterwards) were used."""
         if epoch != self.epoch:
             self.close()
             self.epoch = epoch
-        np.add.at(self.counts, indices, 1)
+        if indices.size:
+            self._used.append(indices)
 
     def close(self) -> EpochReport | None:
         """Seal the current epoch (if anything was recorded) and start counting afresh."""
-        if not self.counts.any():
+        if not self._used:
             return None
-        report = EpochReport(epoch=self.epoch, examples=int(self.counts.size),
-                             used_once=int(np.count_nonzero(self.counts == 1)),
-                             unused=int(np.count_nonzero(self.counts == 0)),
-                             duplicated=int(np.count_nonzero(self.counts > 1)))
+        used = np.concatenate(self._used)
+        if used.min() < 0 or used.max() >= self.n:
+            raise LedgerError(f"epoch {self.epoch}: example indices outside [0, {self.n})")
+        counts = np.bincount(used, minlength=self.n)
+        report = EpochReport(epoch=self.epoch, examples=self.n,
+                             used_once=int(np.count_nonzero(counts == 1)),
+                             unused=int(np.count_nonzero(counts == 0)),
+                             duplicated=int(np.count_nonzero(counts > 1)))
         self.reports.append(report)
-        self.counts[:] = 0
+        self._used = []
         return report
 
 

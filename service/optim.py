@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from service import tail
 from service.schedules import (
     ScheduleSpec,
     SpecError,
@@ -48,6 +49,7 @@ from service.schedules import (
     _set,
     lr_at,
 )
+from service.tail import BLOCK  # the norm's blocks (part of the arithmetic); the update's too
 
 __all__ = [
     "OPTIMIZERS",
@@ -62,7 +64,6 @@ __all__ = [
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-BLOCK = 65536  # elements per block of the norm and the update: fixed, part of the arithmetic
 
 
 # --------------------------------------------------------------------------- spec
@@ -176,15 +177,21 @@ class Optimizer:
         """Number of updates applied so far."""
         return self._step
 
-    def step(self, params: np.ndarray, grad: np.ndarray, lr: float) -> float:
+    def step(self, params: np.ndarray, grad: np.ndarray, lr: float, block_sums: np.ndarray | None = None) -> float:
         """Apply one update to ``params`` IN PLACE and return the pre-clip ``||grad||_2``.
 
         ``grad`` is used as scratch space: its contents are undefined afterwards. A
         non-finite gradient norm raises ``FloatingPointError`` before anything (params,
         state, step count) is modified, so the caller may skip the batch.
+        ``block_sums``: the norm's block sums of ``grad`` (`service/tail.py`), when the
+        caller computed them along with ``grad``; else they are computed here.
         """
         self._check_args(params, grad, lr)
-        norm = self._grad_norm(grad)
+        if block_sums is None:
+            block_sums = tail.block_sums(grad, self._block_sums, self._sq64)
+        elif block_sums.shape != self._block_sums.shape:
+            raise ValueError(f"block_sums must have {self._block_sums.size} entries, got {block_sums.shape}")
+        norm = tail.norm(block_sums)
         if not math.isfinite(norm):
             raise FloatingPointError(f"non-finite gradient norm ({norm}); update skipped")
         clip, wd = self.spec.clip_norm, self.spec.weight_decay
@@ -222,13 +229,8 @@ class Optimizer:
         float64 for float32 inputs, and free of float32 overflow) is summed by numpy's
         pairwise summation, then the block sums are, the same way. A fixed order, so the
         bits depend on nothing else (unlike BLAS dot: not on threads, nor on the CPU's
-        kernel); blocking keeps the float64 squares in cache (~2x faster than one pass)."""
-        sq, sums = self._sq64, self._block_sums
-        for i, b in enumerate(self._blocks):
-            v = sq[:b.stop - b.start]
-            np.square(grad[b], out=v, dtype=np.float64)
-            sums[i] = np.add.reduce(v)
-        return math.sqrt(float(np.add.reduce(sums)))
+        kernel); `service/tail.py` computes the same sums fused with the mean gradient."""
+        return tail.norm(tail.block_sums(grad, self._block_sums, self._sq64))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of all state: ``step`` (0-d int64) plus the named moment buffers."""

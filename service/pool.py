@@ -84,7 +84,8 @@ class _Reducer:
     The value of a node is left + right (left first, into a buffer of its own): exactly the
     addition `tree_sum` performs, so the coordinator's reduction finds these nodes already
     done and the bits are unchanged. After the last result only the additions on its path
-    to the root remain (log2 K of them, instead of K - 1, for K workers).
+    to the root remain (log2 K of them, instead of K - 1, for K workers). The root's own
+    addition is left to the trainer, which fuses it with the division (`service/tail.py`).
     """
 
     def __init__(self, n_chunks: int, scratch: dict[tuple, np.ndarray]) -> None:
@@ -97,7 +98,7 @@ class _Reducer:
         for p in parts:
             node = p.node
             self.known[node] = p
-            while node[1] - node[0] < self.top:
+            while 2 * (node[1] - node[0]) < self.top:  # the parent is below the root
                 size = node[1] - node[0]
                 lo = node[0] - node[0] % (2 * size)
                 left, right, parent = (lo, lo + size), (lo + size, lo + 2 * size), (lo, lo + 2 * size)

@@ -9,7 +9,8 @@
 One step, for a global batch B of the epoch's permutation:
   1. cut B into fixed micro-chunks and give each worker a contiguous run of them;
   2. each worker returns sums over its chunks (gradient, loss, count, correct);
-  3. finish the fixed reduction tree, then g = sum / |B| (divided once, globally);
+  3. finish the fixed reduction tree, then g = sum / |B| (divided once, globally; the root's
+     addition, the division and the norm's squares in one pass, `service/tail.py`);
   4. theta <- optimizer(theta, g, lr(step)); put theta in the object store once (version+1).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -30,8 +31,9 @@ from service.optim import make_optimizer
 from service.telemetry import StepMetrics, WorkerTiming
 from workers.data import Dataset, load_dataset
 from workers.engine import Model, SpecError
+from service.tail import mean_grad, n_blocks
 from workers.shard import Partial, Plan, add_into, epoch_permutation
-from workers.tree import chunk_bounds, root, split_runs, tree_sum
+from workers.tree import Node, chunk_bounds, root, split_runs, tree_sum
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class Trainer:
         if self.state.position:  # resumed mid-epoch: the ledger re-counts what was used
             self.ledger.record(self.state.epoch, self.permutation(self.state.epoch)[:self.state.position])
         self.grad = np.empty_like(self.state.theta)  # the mean gradient, reused every step
+        self._norm_sums = np.empty(n_blocks(self.grad.size))  # its norm's block sums
         self._scratch: dict[tuple[int, int], np.ndarray] = {}
         args = (config.model.to_dict(), config.dtype, self.train.X, self.train.y,
                 None if self.val is None else self.val.X, None if self.val is None else self.val.y, config.seed)
@@ -138,8 +141,9 @@ class Trainer:
         return [Plan(epoch, start, size, self.config.chunk_size, r) for r in runs]
 
     # --- reduction ------------------------------------------------------------------
-    def _reduce(self, outcomes, size: int) -> Partial:
-        """Finish the fixed tree over the workers' partial sums (left subtree first)."""
+    def _reduce(self, outcomes, size: int, node: Node | None = None) -> Partial | None:
+        """Finish the fixed tree (or its subtree `node`) over the workers' partial sums,
+        left subtree first."""
         known = {p.node: p for o in outcomes for p in o.parts}
         n_chunks = len(chunk_bounds(size, self.config.chunk_size))
 
@@ -152,7 +156,21 @@ class Trainer:
                     out = self._scratch[node] = np.empty_like(left.grad)
             return add_into(left, right, out)
 
-        return tree_sum(root(n_chunks), n_chunks, known, add)
+        return tree_sum(node or root(n_chunks), n_chunks, known, add)
+
+    def _mean_gradient(self, outcomes, size: int) -> Partial:
+        """The tree's root as metadata, with `self.grad` = its gradient / count, and the
+        norm's block sums in `self._norm_sums`: the root's addition is fused with the
+        division and the norm's squares (`service/tail.py`, same bits as separate passes)."""
+        lo, hi = root(len(chunk_bounds(size, self.config.chunk_size)))
+        if hi - lo == 1 or any(p.node == (lo, hi) for o in outcomes for p in o.parts):
+            left, right = self._reduce(outcomes, size), None  # one chunk, or one worker's
+        else:  # the right half of the root is never empty (root is the least power of 2)
+            mid = (lo + hi) // 2
+            left, right = self._reduce(outcomes, size, (lo, mid)), self._reduce(outcomes, size, (mid, hi))
+        total = left if right is None else add_into(replace(left, grad=None), replace(right, grad=None))
+        mean_grad(left.grad, None if right is None else right.grad, total.count, self.grad, self._norm_sums)
+        return total
 
     # --- one step -------------------------------------------------------------------------
     def step(self) -> StepMetrics:
@@ -161,15 +179,14 @@ class Trainer:
         epoch, start, size = self._next_batch()
         plans = self._plans(epoch, start, size)
         outcomes = self.backend.run("compute", plans)
-        total = self._reduce(outcomes, size)
+        total = self._mean_gradient(outcomes, size)
         indices = self.permutation(epoch)[start:start + size]
         if total.count != size or total.index_sum != int(indices.sum()):
             raise LedgerError(f"step {self.state.step + 1}: workers used {total.count} examples "
                               f"(index sum {total.index_sum}), planned {size} ({int(indices.sum())})")
         self.ledger.record(epoch, indices)
-        np.divide(total.grad, total.count, out=self.grad)  # divide once, by the global count
         lr = self.config.optimizer.lr_at(self.state.step, self.total_steps)
-        grad_norm = self.optimizer.step(self.state.theta, self.grad, lr)
+        grad_norm = self.optimizer.step(self.state.theta, self.grad, lr, self._norm_sums)
         s = self.state
         s.step, s.position, s.version = s.step + 1, start + size, s.version + 1
         s.theta = self.backend.publish(s.theta)

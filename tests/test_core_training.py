@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from service.config import TrainConfig
-from service.ledger import EpochLedger
+from service.ledger import EpochLedger, LedgerError
 from service.trainer import Trainer
 from workers.engine import SpecError
 
@@ -38,6 +38,13 @@ def test_ledger_counts_duplicates_and_gaps():
     ledger.record(0, np.array([3]))
     r = ledger.close()
     assert (r.used_once, r.unused, r.duplicated) == (2, 2, 1)
+
+
+def test_ledger_rejects_indices_outside_the_dataset():
+    ledger = EpochLedger(5)
+    ledger.record(0, np.array([0, 5]))
+    with pytest.raises(LedgerError, match="outside"):
+        ledger.close()
 
 
 def test_step_metrics_are_complete():

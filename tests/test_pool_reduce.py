@@ -41,6 +41,7 @@ def test_any_arrival_order_gives_the_tree_sum_bitwise(n_chunks, workers):
         got = tree_sum(root(n_chunks), n_chunks, known, lambda l, r: add_into(l, r, np.empty_like(l.grad)))
         assert got.grad.tobytes() == want.grad.tobytes()
         assert (got.loss, got.count, got.index_sum) == (want.loss, want.count, want.index_sum)
-        full = n_chunks & (n_chunks - 1) == 0
-        if full:  # a perfect tree: the pool finished it all, the root included
-            assert root(n_chunks) in known
+        lo, hi = root(n_chunks)
+        assert (lo, hi) not in known  # the root's addition is the trainer's (fused with the divide)
+        if n_chunks & (n_chunks - 1) == 0:  # a perfect tree: the pool finished all below the root
+            assert (lo, (lo + hi) // 2) in known and ((lo + hi) // 2, hi) in known

@@ -1,0 +1,112 @@
+"""The coordinator's fused tail (service/tail.py): the compiled kernel gives the numpy passes' bits."""
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import tail
+from service.optim import OptimizerSpec, make_optimizer
+from service.tail import BLOCK, mean_grad, n_blocks
+
+SIZES = [1, 2, 7, 8, 9, 15, 16, 17, 127, 128, 129, 130, 255, 256, 1000, 4099,
+         BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 9, 669_706]
+needs_kernel = pytest.mark.skipif(not tail.compiled(), reason="the C kernel was not built (no compiler)")
+
+
+def numpy_passes(left, right, count):
+    """What the trainer did before the kernel: add, divide, then the optimizer's blocked norm."""
+    g = left.copy() if right is None else np.add(left, right)
+    np.divide(g, count, out=g)
+    sums = np.array([np.add.reduce(np.square(g[a:a + BLOCK], dtype=np.float64)) for a in range(0, g.size, BLOCK)])
+    return g, sums
+
+
+def both(left, right, count):
+    out = []
+    for use_kernel in (True, False):
+        g, sums = np.empty_like(left), np.empty(n_blocks(left.size))
+        mean_grad(left, right, count, g, sums, use_kernel=use_kernel)
+        out.append((g, sums))
+    return out
+
+
+def test_the_kernel_is_built_where_a_compiler_is():
+    """A silently skipped build would make the other tests here vacuous: fail instead."""
+    have_headers = Path(sysconfig.get_paths()["include"], "Python.h").exists()
+    if not (shutil.which("cc") or shutil.which("gcc")) or not have_headers:
+        pytest.skip("no C compiler or Python headers on this machine")
+    assert tail.compiled()
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("two", [True, False])
+def test_kernel_equals_numpy_passes_bitwise(dtype, two):
+    rng = np.random.default_rng(7)
+    for n in SIZES:
+        scale = 10.0 ** rng.uniform(-8, 8)
+        left = (rng.standard_normal(n) * scale).astype(dtype)
+        right = (rng.standard_normal(n) * scale).astype(dtype) if two else None
+        count = int(rng.integers(1, 5000))
+        want = numpy_passes(left, right, count)
+        for g, sums in both(left, right, count):
+            assert g.tobytes() == want[0].tobytes(), n
+            assert sums.tobytes() == want[1].tobytes(), n
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_special_values_bitwise(dtype):
+    info = np.finfo(dtype)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, info.tiny, info.tiny / 4, info.max, -info.max,
+                         info.eps, 1.0, -1.0], dtype=dtype)
+    rng = np.random.default_rng(3)
+    left = rng.choice(specials, 999).astype(dtype)
+    right = rng.choice(specials, 999).astype(dtype)
+    with np.errstate(all="ignore"):  # overflow and inf - inf are the point here
+        (g1, s1), (g2, s2) = both(left, right, 3)
+    assert g1.tobytes() == g2.tobytes()
+    np.testing.assert_array_equal(s1, s2)  # NaN payloads aside, the same values
+
+
+@needs_kernel
+def test_out_may_alias_an_input():
+    rng = np.random.default_rng(5)
+    left, right = (rng.standard_normal(3000).astype(np.float32) for _ in range(2))
+    want = numpy_passes(left, right, 1024)
+    sums = np.empty(1)
+    mean_grad(left, right, 1024, left, sums)
+    assert left.tobytes() == want[0].tobytes() and sums.tobytes() == want[1].tobytes()
+
+
+def test_unsuitable_arguments_take_the_numpy_path():
+    """Strided views, mixed dtypes or huge counts are computed by numpy, same arithmetic."""
+    rng = np.random.default_rng(9)
+    base = rng.standard_normal(2000).astype(np.float32)
+    left, right = base[::2], base[1::2]  # not contiguous
+    g, sums = np.empty(1000, np.float32), np.empty(1)
+    mean_grad(left, right, 10, g, sums)
+    want = numpy_passes(np.ascontiguousarray(left), np.ascontiguousarray(right), 10)
+    assert g.tobytes() == want[0].tobytes() and sums.tobytes() == want[1].tobytes()
+    mean_grad(base, None, 2**25, np.empty_like(base), np.empty(1))  # count not exact in float32: numpy
+
+
+def test_optimizer_takes_the_block_sums_with_the_same_result():
+    rng = np.random.default_rng(11)
+    n = 2 * BLOCK + 77
+    left, right, theta0 = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    spec = OptimizerSpec("momentum", lr=0.1, clip_norm=1.0, weight_decay=0.01)
+    results = []
+    for fused in (True, False):
+        opt, theta = make_optimizer(spec, n), theta0.copy()
+        g, sums = np.empty(n, np.float32), np.empty(n_blocks(n))
+        mean_grad(left, right, 512, g, sums)
+        norm = opt.step(theta, g, 0.1, sums if fused else None)
+        results.append((norm, theta.tobytes()))
+    assert results[0] == results[1]
+    with pytest.raises(ValueError, match="block_sums"):
+        make_optimizer(spec, n).step(theta0.copy(), g, 0.1, np.empty(1))
