@@ -7,8 +7,8 @@ dispatch: the root addition of the reduction tree, the division by the batch siz
 gradient norm and the SGD update over the flat weights (MLP 784-512-512-10: 669,706
 float32, 2.7 MB). Printed: each numpy pass alone; the tail as numpy passes (the trainer
 before `service/tail.py`); the same passes fused into cache-sized blocks; `einsum` for
-the norm; the trainer's tail today (the compiled kernel for add + divide + norm's
-squares, then the update); and, if numba is importable (it is not a dependency:
+the norm; the trainer's tail today (the compiled kernels: add + divide + norm's squares
+in one pass, then the update in one pass); and, if numba is importable (it is not a dependency:
 `pip install numba`), one fused numba loop. Every variant is checked to produce the
 same bits as the numpy passes.
 """
@@ -56,10 +56,12 @@ def main() -> None:
 
     theta = theta0.copy()
 
-    def passes() -> None:  # what Trainer.step did before service/tail.py
+    def passes() -> None:  # what Trainer.step did before the kernel: numpy passes throughout
         np.add(left, right, out=s)
         np.divide(s, COUNT, out=g)
-        opt.step(theta, g, LR)
+        opt._grad_norm(g)
+        np.multiply(g, LR, out=s)
+        np.subtract(theta, s, out=theta)
 
     sums = np.empty(tail.n_blocks(P))
 
@@ -87,7 +89,7 @@ def main() -> None:
     print(f"  fused into blocks, numpy: {ms(fused):.3f} ms (same bits)")
     assert _after_one(trainer, theta, theta0) == reference
     impl = "compiled kernel" if tail.compiled() else "numpy passes: the kernel is not built"
-    print(f"  the trainer's tail ({impl}, then the update): {ms(trainer):.3f} ms (same bits)")
+    print(f"  the trainer's tail ({impl}): {ms(trainer):.3f} ms (same bits)")
     mean = (lambda: tail.mean_grad(left, right, COUNT, g, sums))
     print(f"    of which add + divide + norm's squares: {ms(mean):.3f} ms")
     try:

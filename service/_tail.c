@@ -3,6 +3,7 @@
  *   g[i] = (left[i] + right[i]) / count      (or left[i] / count without `right`)
  *   sums[k] = sum over block k of (double)g[i] * (double)g[i]
  *
+ * and the optimizers' last step, p -= d * scale (two numpy passes: multiply, subtract),
  * in exactly the arithmetic numpy performs for the same passes: the add and the
  * division in the array's own precision, the squares in double, and each block's
  * squares summed in numpy's pairwise order (numpy/_core/src/umath/loops_utils.h.src:
@@ -67,8 +68,19 @@ static void tail_##SUFFIX(const T *left, const T *right, T count, T *g, Py_ssize
     }                                                                                   \
 }
 
+#define DEFINE_SUB_SCALED(T, SUFFIX)                                                    \
+static void sub_scaled_##SUFFIX(T *p, const T *d, T scale, Py_ssize_t n)                \
+{                                                                                       \
+    for (Py_ssize_t i = 0; i < n; i++) {                                                \
+        T step = d[i] * scale; /* rounded, as numpy's separate multiply */              \
+        p[i] = p[i] - step;                                                             \
+    }                                                                                   \
+}
+
 DEFINE_TAIL(float, f32)
 DEFINE_TAIL(double, f64)
+DEFINE_SUB_SCALED(float, f32)
+DEFINE_SUB_SCALED(double, f64)
 
 static PyObject *
 mean_grad(PyObject *self, PyObject *args)
@@ -108,7 +120,37 @@ done:
     return result;
 }
 
+static PyObject *
+sub_scaled(PyObject *self, PyObject *args)
+{
+    Py_buffer p, d;
+    double scale;
+    int itemsize;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTuple(args, "w*y*di", &p, &d, &scale, &itemsize))
+        return NULL;
+    if ((itemsize != 4 && itemsize != 8) || p.len != d.len || p.len % itemsize) {
+        PyErr_SetString(PyExc_ValueError, "sub_scaled: mismatched buffer sizes");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (itemsize == 4)
+        sub_scaled_f32(p.buf, d.buf, (float)scale, p.len / 4);
+    else
+        sub_scaled_f64(p.buf, d.buf, scale, p.len / 8);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&p);
+    PyBuffer_Release(&d);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"sub_scaled", sub_scaled, METH_VARARGS,
+     "sub_scaled(p, d, scale, itemsize): p -= d * scale, the product rounded first."},
     {"mean_grad", mean_grad, METH_VARARGS,
      "mean_grad(left, right|None, count, out, block, sums, itemsize): out = (left + right) / count, "
      "sums[k] = pairwise sum of out's block k squared in double."},

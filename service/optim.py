@@ -280,8 +280,7 @@ class SGD(Optimizer):
                 np.add(grad, s, out=grad)
             else:
                 direction = buf
-        np.multiply(direction, lr, out=s)
-        np.subtract(params, s, out=params)
+        tail.sub_scaled(params, direction, lr, s)
 
 
 class RMSprop(Optimizer):
@@ -300,8 +299,7 @@ class RMSprop(Optimizer):
         np.sqrt(v, out=s)
         np.add(s, self.spec.eps, out=s)
         np.divide(grad, s, out=s)
-        np.multiply(s, lr, out=s)
-        np.subtract(params, s, out=params)
+        tail.sub_scaled(params, s, lr, s)
 
 
 class Adam(Optimizer):
@@ -331,8 +329,7 @@ class Adam(Optimizer):
         np.divide(s, math.sqrt(1.0 - spec.beta2**t), out=s)
         np.add(s, spec.eps, out=s)
         np.divide(m, s, out=s)
-        np.multiply(s, step_size, out=s)
-        np.subtract(params, s, out=params)
+        tail.sub_scaled(params, s, step_size, s)
 
 
 def make_optimizer(spec: OptimizerSpec, n_params: int, dtype: Any = np.float32) -> Optimizer:

@@ -74,6 +74,18 @@ def mean_grad(left: np.ndarray, right: np.ndarray | None, count: int, out: np.nd
     return out
 
 
+def sub_scaled(params: np.ndarray, direction: np.ndarray, scale: float, scratch: np.ndarray) -> None:
+    """params -= direction * scale, the product rounded to the dtype first (the optimizers'
+    last step). One pass with the kernel; else two numpy passes through `scratch`."""
+    if (_kernel is not None and params.dtype == direction.dtype and params.dtype in (np.float32, np.float64)
+            and params.shape == direction.shape and params.ndim == 1 and params.flags.c_contiguous
+            and params.flags.writeable and direction.flags.c_contiguous):
+        _kernel.sub_scaled(params, direction, float(scale), params.itemsize)
+        return
+    np.multiply(direction, scale, out=scratch)
+    np.subtract(params, scratch, out=params)
+
+
 def _fits(left: np.ndarray, right: np.ndarray | None, out: np.ndarray, sums: np.ndarray) -> bool:
     arrays = (left, out) if right is None else (left, right, out)
     return (out.dtype in (np.float32, np.float64) and out.ndim == 1

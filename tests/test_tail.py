@@ -110,3 +110,19 @@ def test_optimizer_takes_the_block_sums_with_the_same_result():
     assert results[0] == results[1]
     with pytest.raises(ValueError, match="block_sums"):
         make_optimizer(spec, n).step(theta0.copy(), g, 0.1, np.empty(1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sub_scaled_equals_multiply_then_subtract_bitwise(dtype):
+    """The optimizers' last step, params -= direction * lr, as numpy's two passes round it."""
+    rng = np.random.default_rng(13)
+    info = np.finfo(dtype)
+    for n in SIZES[:12] + [BLOCK, 669_706]:
+        p, d = (rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 6)).astype(dtype), rng.standard_normal(n).astype(dtype)
+        d[::97] = rng.choice(np.array([0.0, -0.0, info.tiny / 4, info.max, np.inf], dtype=dtype), d[::97].size)
+        scale = float(rng.uniform(1e-4, 1.0))  # a python float: numpy rounds it to the dtype
+        with np.errstate(all="ignore"):
+            want = p - np.multiply(d, scale)
+            got = p.copy()
+            tail.sub_scaled(got, d, scale, np.empty_like(p))
+        assert got.tobytes() == want.tobytes(), n
