@@ -12,7 +12,9 @@ broadcast). `--transports` runs the 2-worker case once per `$DPTRAIN_SHM` value:
 default: same-node shared memory, step calls over a Unix socket), calls (shared memory,
 step calls through Ray), 0 (the object store, as for workers on other nodes). With
 PyTorch installed, plain DDP (gloo, 2 processes, 1 thread each) trains the identical
-model in the same run and the ratio is printed. On a noisy machine use `--rounds N`:
+model in the same run and the ratio is printed. The plain Ray round trip the issue quotes
+(6.5 ms: `ray.put` of the weights, two actor calls, `ray.get`) is measured too, to scale
+the overhead target to the machine. On a noisy machine use `--rounds N`:
 every configuration runs N times, interleaved, and medians are reported.
 """
 from __future__ import annotations
@@ -114,6 +116,42 @@ def tail_impl() -> str:
     from service import tail
 
     return "compiled kernel" if tail.compiled() else "numpy passes"
+
+
+REFERENCE_ROUND_TRIP_MS = 6.5  # the issue's figure for the round trip below, on its machine
+TARGET_OVERHEAD_MS = 1.5
+
+
+def ray_round_trip(iters: int = 100) -> float:
+    """ms per step of the plain Ray pattern: `ray.put` the 670k float32 weights, two actor
+    calls that each return a gradient of that size, `ray.get` both (the issue's reference
+    round trip, measured here so the overhead target can be scaled to this machine)."""
+    import numpy as np
+    import ray
+
+    from service.config import TrainConfig
+
+    n = TrainConfig.from_dict(job(1, 1, None)).build_model().num_params
+
+    @ray.remote(num_cpus=1)
+    class Echo:
+        def __init__(self) -> None:
+            self.grad = np.ones(n, np.float32)
+
+        def step(self, theta: np.ndarray) -> np.ndarray:
+            return self.grad
+
+    actors = [Echo.remote() for _ in range(2)]
+    theta = np.zeros(n, np.float32)
+    ts = []
+    for i in range(iters + 10):
+        t0 = time.perf_counter()
+        ref = ray.put(theta)
+        ray.get([a.step.remote(ref) for a in actors])
+        ts.append(time.perf_counter() - t0)
+    for a in actors:
+        ray.kill(a)
+    return 1e3 * statistics.median(ts[10:])
 
 
 def local_rate(steps: int, chunk: int | None, data) -> float:
@@ -245,13 +283,14 @@ def main() -> None:
     torch_ok = _have_torch(args.no_torch)
     print(f"MLP 784-512-512-10, teacher n={N}, global batch {BATCH}, chunk {cfg.chunk_size}, float32, "
           f"{os.cpu_count()} CPUs, {args.rounds} round(s)")
-    local, one, two, ddp = [], [], {t: [] for t in transports}, []
+    local, one, two, ddp, trip = [], [], {t: [] for t in transports}, [], []
     for _ in range(args.rounds):
         local.append(local_rate(args.steps // 2, args.chunk, data))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         one.append(ours(1, args.steps, args.warmup, args.chunk, data))
         for t in transports:
             two[t].append(ours(2, args.steps, args.warmup, args.chunk, data, t))
+        trip.append(ray_round_trip())
         ray.shutdown()
         if torch_ok:  # right after ours: the per-round ratio compares runs seconds apart
             ddp.append(torch_ddp(args.steps, args.warmup))
@@ -259,6 +298,13 @@ def main() -> None:
     print(_line("dptrain 1 worker(s)", one))
     for t in transports:
         print(_line(f"dptrain 2 worker(s), DPTRAIN_SHM={t} ({TRANSPORT_NAMES.get(t, t)})", two[t]))
+    rt = statistics.median(trip)
+    over = statistics.median(r["overhead_ms"] for r in two[transports[0]])
+    print(f"plain Ray round trip (ray.put, 2 actor calls returning a gradient, ray.get): {rt:.2f} ms "
+          f"(rounds: {', '.join(f'{x:.2f}' for x in trip)}); the issue's machine: {REFERENCE_ROUND_TRIP_MS} ms")
+    print(f"overhead / round trip, 2 workers: {over / rt:.2f} (target {TARGET_OVERHEAD_MS} / "
+          f"{REFERENCE_ROUND_TRIP_MS} = {TARGET_OVERHEAD_MS / REFERENCE_ROUND_TRIP_MS:.2f}, i.e. "
+          f"{TARGET_OVERHEAD_MS * rt / REFERENCE_ROUND_TRIP_MS:.2f} ms on this machine)")
     if not torch_ok:
         print("torch DDP: skipped (pip install torch==2.13.0 to compare)")
         return
