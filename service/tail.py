@@ -6,11 +6,13 @@ parameter vector (P elements, 2.7 MB for the 670k-parameter benchmark model):
     g = (left + right) / count           the tree's root addition, then divide once
     sums[k] = sum_{i in block k} g_i^2   float64, numpy's pairwise order within a block
 
-and the optimizer takes ``||g|| = sqrt(sum_k sums[k])`` from ``sums``. As numpy passes
-that is four sweeps over memory (add, divide, square into float64, sum); the compiled
-kernel (`service/_tail.c`, built by `pip install` when a C compiler is present) does it
-in one, ~2x faster on a 2-core machine. Both give the same bits, so which one ran is
-invisible in the weights; tests/test_tail.py checks that on every size and dtype.
+and the optimizer takes ``||g|| = sqrt(sum_k sums[k])`` from ``sums``; each optimizer's
+update then ends with ``theta -= lr * d`` (`sub_scaled`). As numpy passes that is four
+sweeps over memory (add, divide, square into float64, sum) plus two (multiply,
+subtract); the compiled kernels (`service/_tail.c`, built by `pip install` when a C
+compiler is present) do one each, the whole SGD tail ~2x faster on one core. Both give
+the same bits, so which one ran is invisible in the weights; tests/test_tail.py checks
+that on every size and dtype.
 """
 from __future__ import annotations
 
