@@ -14,7 +14,7 @@ step calls through Ray), 0 (the object store, as for workers on other nodes). Wi
 PyTorch installed, plain DDP (gloo, 2 processes, 1 thread each) trains the identical
 model in the same run and the ratio is printed. The plain Ray round trip the issue quotes
 (6.5 ms: `ray.put` of the weights, two actor calls, `ray.get`) is measured too, to scale
-the overhead target to the machine. On a noisy machine use `--rounds N`:
+the overhead target to the machine, and so is the same exchange as a Ray Compiled Graph. On a noisy machine use `--rounds N`:
 every configuration runs N times, interleaved, and medians are reported.
 """
 from __future__ import annotations
@@ -122,10 +122,11 @@ REFERENCE_ROUND_TRIP_MS = 6.5  # the issue's figure for the round trip below, on
 TARGET_OVERHEAD_MS = 1.5
 
 
-def ray_round_trip(iters: int = 100) -> float:
+def ray_round_trip(iters: int = 100) -> tuple[float, float | None]:
     """ms per step of the plain Ray pattern: `ray.put` the 670k float32 weights, two actor
     calls that each return a gradient of that size, `ray.get` both (the issue's reference
-    round trip, measured here so the overhead target can be scaled to this machine)."""
+    round trip, measured here so the overhead target can be scaled to this machine); and
+    the same exchange as a Ray Compiled Graph (shared-memory channels; None if it fails)."""
     import numpy as np
     import ray
 
@@ -141,17 +142,33 @@ def ray_round_trip(iters: int = 100) -> float:
         def step(self, theta: np.ndarray) -> np.ndarray:
             return self.grad
 
+    def median_ms(f) -> float:
+        ts = []
+        for _ in range(iters + 10):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(ts[10:])
+
     actors = [Echo.remote() for _ in range(2)]
     theta = np.zeros(n, np.float32)
-    ts = []
-    for i in range(iters + 10):
-        t0 = time.perf_counter()
-        ref = ray.put(theta)
-        ray.get([a.step.remote(ref) for a in actors])
-        ts.append(time.perf_counter() - t0)
+    plain = median_ms(lambda: ray.get([a.step.remote(ray.put(theta)) for a in actors]))
+    compiled = None
+    try:
+        from ray.dag import InputNode, MultiOutputNode
+
+        with InputNode() as inp:
+            dag = MultiOutputNode([a.step.bind(inp) for a in actors])
+        graph = dag.experimental_compile(_buffer_size_bytes=theta.nbytes + 65536)
+        try:
+            compiled = median_ms(lambda: ray.get(graph.execute(theta)))
+        finally:
+            graph.teardown()
+    except Exception as e:  # noqa: BLE001 - a beta Ray API: report, do not fail the bench
+        print(f"(Ray Compiled Graph round trip failed: {type(e).__name__}: {e})")
     for a in actors:
         ray.kill(a)
-    return 1e3 * statistics.median(ts[10:])
+    return plain, compiled
 
 
 def local_rate(steps: int, chunk: int | None, data) -> float:
@@ -298,10 +315,13 @@ def main() -> None:
     print(_line("dptrain 1 worker(s)", one))
     for t in transports:
         print(_line(f"dptrain 2 worker(s), DPTRAIN_SHM={t} ({TRANSPORT_NAMES.get(t, t)})", two[t]))
-    rt = statistics.median(trip)
+    rt = statistics.median(p for p, _ in trip)
     over = statistics.median(r["overhead_ms"] for r in two[transports[0]])
     print(f"plain Ray round trip (ray.put, 2 actor calls returning a gradient, ray.get): {rt:.2f} ms "
-          f"(rounds: {', '.join(f'{x:.2f}' for x in trip)}); the issue's machine: {REFERENCE_ROUND_TRIP_MS} ms")
+          f"(rounds: {', '.join(f'{p:.2f}' for p, _ in trip)}); the issue's machine: {REFERENCE_ROUND_TRIP_MS} ms")
+    graphs = [c for _, c in trip if c is not None]
+    if graphs:
+        print(f"the same exchange as a Ray Compiled Graph: {statistics.median(graphs):.2f} ms")
     print(f"overhead / round trip, 2 workers: {over / rt:.2f} (target {TARGET_OVERHEAD_MS} / "
           f"{REFERENCE_ROUND_TRIP_MS} = {TARGET_OVERHEAD_MS / REFERENCE_ROUND_TRIP_MS:.2f}, i.e. "
           f"{TARGET_OVERHEAD_MS * rt / REFERENCE_ROUND_TRIP_MS:.2f} ms on this machine)")
