@@ -14,7 +14,8 @@ step calls through Ray), 0 (the object store, as for workers on other nodes). Wi
 PyTorch installed, plain DDP (gloo, 2 processes, 1 thread each) trains the identical
 model in the same run and the ratio is printed. The plain Ray round trip the issue quotes
 (6.5 ms: `ray.put` of the weights, two actor calls, `ray.get`) is measured too, to scale
-the overhead target to the machine, and so is the same exchange as a Ray Compiled Graph. On a noisy machine use `--rounds N`:
+the overhead target to the machine, and so is the same exchange as a Ray Compiled Graph.
+On a noisy machine use `--rounds N`:
 every configuration runs N times, interleaved, and medians are reported.
 """
 from __future__ import annotations

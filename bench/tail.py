@@ -90,7 +90,9 @@ def main() -> None:
     assert _after_one(trainer, theta, theta0) == reference
     impl = "compiled kernel" if tail.compiled() else "numpy passes: the kernel is not built"
     print(f"  the trainer's tail ({impl}): {ms(trainer):.3f} ms (same bits)")
-    mean = (lambda: tail.mean_grad(left, right, COUNT, g, sums))
+    def mean() -> None:
+        tail.mean_grad(left, right, COUNT, g, sums)
+
     print(f"    of which add + divide + norm's squares: {ms(mean):.3f} ms")
     try:
         import numba  # noqa: F401

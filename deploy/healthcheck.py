@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
         channel = grpc.insecure_channel(target)
     try:
         stub = health_pb2_grpc.HealthStub(channel)
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=float(os.environ.get("DPTRAIN_HEALTH_TIMEOUT_S", 5)))
+        timeout = float(os.environ.get("DPTRAIN_HEALTH_TIMEOUT_S", 5))
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
     except grpc.RpcError as e:
         print(f"unhealthy: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1

@@ -28,7 +28,6 @@ from typing import Any
 
 from workers.engine.errors import SpecError
 
-
 __all__ = ["SCHEDULES", "ScheduleSpec", "SpecError", "lr_at"]
 
 SCHEDULES = ("constant", "step", "cosine")

@@ -28,10 +28,10 @@ from service.backends import Backend, LocalBackend, RayBackend
 from service.config import TrainConfig
 from service.ledger import EpochLedger, LedgerError
 from service.optim import make_optimizer
+from service.tail import mean_grad, n_blocks
 from service.telemetry import StepMetrics, WorkerTiming
 from workers.data import Dataset, load_dataset
 from workers.engine import Model, SpecError
-from service.tail import mean_grad, n_blocks
 from workers.shard import Partial, Plan, add_into, epoch_permutation
 from workers.tree import Node, chunk_bounds, root, split_runs, tree_sum
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from service.client import Client
-from service.cluster import ClusterConfig, ClusterState, down, up
+from service.cluster import ClusterConfig, down, up
 from service.rpc import convert
 
 from .test_service_e2e import assert_same_bits, library_weights

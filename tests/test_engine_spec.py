@@ -71,7 +71,8 @@ def test_parameter_budget():
 
 def test_sequential_shorthand_equals_dict_layers_and_round_trips():
     a = ModelSpec.from_dict(MLP)
-    b = ModelSpec.from_dict({**MLP, "layers": [{"op": "linear", "units": 8}, {"op": "relu"}, {"op": "linear", "units": 3}]})
+    layers = [{"op": "linear", "units": 8}, {"op": "relu"}, {"op": "linear", "units": 3}]
+    b = ModelSpec.from_dict({**MLP, "layers": layers})
     assert a == b
     assert ModelSpec.from_dict(a.to_dict()) == a
     assert [n.name for n in a.nodes] == ["linear0", "relu1", "linear2"]

@@ -23,7 +23,7 @@ def partials(n_chunks: int, workers: int, rng) -> list[list[Partial]]:
 def reference(n_chunks: int, per_worker: list[list[Partial]]) -> Partial:
     known = {p.node: Partial(p.node, p.grad.copy(), p.loss, p.count, p.correct, p.index_sum)
              for ps in per_worker for p in ps}
-    return tree_sum(root(n_chunks), n_chunks, known, lambda l, r: add_into(l, r, np.empty_like(l.grad)))
+    return tree_sum(root(n_chunks), n_chunks, known, lambda a, b: add_into(a, b, np.empty_like(a.grad)))
 
 
 @pytest.mark.parametrize("n_chunks, workers", [(4, 2), (4, 4), (7, 3), (7, 7), (13, 5), (16, 8), (9, 8)])
@@ -38,7 +38,7 @@ def test_any_arrival_order_gives_the_tree_sum_bitwise(n_chunks, workers):
         for w in order:
             parts += per_worker[w] + red.add(per_worker[w])
         known = {p.node: p for p in parts}
-        got = tree_sum(root(n_chunks), n_chunks, known, lambda l, r: add_into(l, r, np.empty_like(l.grad)))
+        got = tree_sum(root(n_chunks), n_chunks, known, lambda a, b: add_into(a, b, np.empty_like(a.grad)))
         assert got.grad.tobytes() == want.grad.tobytes()
         assert (got.loss, got.count, got.index_sum) == (want.loss, want.count, want.index_sum)
         lo, hi = root(n_chunks)

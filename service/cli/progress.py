@@ -29,8 +29,8 @@ def follow(client, job_id: str, from_step: int = 0) -> pb.Job:
                     progress.update(bar, total=client.get(job_id).total_steps or None)
             elif kind == "metrics":
                 last = event.metrics
-                progress.update(bar, completed=last.step, total=progress.tasks[bar].total or client.get(job_id).total_steps,
-                                info=_line(last))
+                total = progress.tasks[bar].total or client.get(job_id).total_steps
+                progress.update(bar, completed=last.step, total=total, info=_line(last))
     final = client.get(job_id)
     summary(final, last)
     return final

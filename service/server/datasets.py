@@ -92,7 +92,8 @@ class DatasetRegistry:
         if fmt not in FILE_SOURCES:
             raise SpecError("header.format", f"must be one of {list(FILE_SOURCES)}, got {fmt!r}")
         if header.get("size_bytes", 0) > self.limits.max_upload_bytes:
-            raise TooLarge(f"dataset of {header['size_bytes']} bytes exceeds the limit of {self.limits.max_upload_bytes}")
+            raise TooLarge(f"dataset of {header['size_bytes']} bytes exceeds the limit of "
+                           f"{self.limits.max_upload_bytes}")
         digest, size = hashlib.sha256(), 0
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
         try:

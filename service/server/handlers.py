@@ -17,7 +17,6 @@ from workers.engine import Model, SpecError
 from .datasets import TooLarge
 from .manager import TERMINAL, JobManager
 
-
 MAX_WATCH_BATCH = 4096  # steps per `metrics_batch` event, at most
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import grpc
 
-from service.rpc import pb, pb_grpc
+from service.rpc import pb_grpc
 from service.store.base import DatasetNotFound, IllegalTransition, InvalidPageToken, JobNotFound
 from service.store.checkpoints import CheckpointNotFound
 from workers.engine import SpecError

@@ -159,7 +159,8 @@ def _label_index(label: int | str | None, names: Sequence[str] | None, ncol: int
         return ncol - 1
     if isinstance(label, str):
         if names is None:
-            raise SpecError("params.label", f"{label!r} is a column name but the file has no header; use a column index")
+            raise SpecError("params.label",
+                            f"{label!r} is a column name but the file has no header; use a column index")
         if label not in names:
             raise SpecError("params.label", f"no column named {label!r}; columns: {', '.join(names)}")
         return list(names).index(label)

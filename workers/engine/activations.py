@@ -7,9 +7,9 @@ is cheapest given what forward cached (often in terms of `out`).
 from __future__ import annotations
 
 import numpy as np
-from .special import erf, expit
 
 from .op import Op
+from .special import erf, expit
 
 _INV_SQRT2 = 1.0 / np.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / np.sqrt(2.0 * np.pi)

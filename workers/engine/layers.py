@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .op import Array, Op
+from .op import Op
 
 
 class Linear(Op):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from .special import expit
 
+from .special import expit
 from .workspace import Workspace
 
 
@@ -48,7 +48,7 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError(f"needs an output of width >= 2 (one logit per class), got {width}")
 
     def loss_and_grad(self, out, y):
-        n, rows = out.shape[0], np.arange(out.shape[0])
+        rows = np.arange(out.shape[0])
         g = self.ws.get("g", out.shape, out.dtype)
         np.subtract(out, out.max(axis=1, keepdims=True), out=g)  # shifted logits s
         picked = g[rows, y].astype(np.float64)

@@ -11,7 +11,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-
 import numpy as np
 
 from .graph import ParamInfo, build_graph

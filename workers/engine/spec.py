@@ -168,7 +168,8 @@ def _dag(raw: Any, path: str, limits: Limits) -> list[NodeSpec]:
             raise SpecError(f"{where}.name", f"must be an identifier-like string, got {name!r}")
         where = f"{where} ({name})"
         if name in seen:
-            raise SpecError(f"{where}.name", f"duplicate name {name!r}" + (" ('x' is the input)" if name == INPUT else ""))
+            hint = " ('x' is the input)" if name == INPUT else ""
+            raise SpecError(f"{where}.name", f"duplicate name {name!r}{hint}")
         seen.add(name)
         if "op" not in d:
             raise SpecError(f"{where}.op", "missing")
@@ -206,7 +207,8 @@ def _node(name: str, op: Any, inputs: tuple[str, ...], attrs: dict[str, Any], sh
 def _check_attr(op: str, key: str, value: Any, where: str, limits: Limits) -> None:
     if key in ("units", "start", "stop"):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "units" else 0):
-            raise SpecError(where, f"must be a {'positive' if key == 'units' else 'non-negative'} integer, got {value!r}")
+            kind = "positive" if key == "units" else "non-negative"
+            raise SpecError(where, f"must be a {kind} integer, got {value!r}")
         if key == "units" and value > limits.max_width:
             raise SpecError(where, f"width {value} exceeds the limit of {limits.max_width}")
     elif key == "bias":
