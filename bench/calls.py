@@ -13,12 +13,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import select
-import statistics
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from timing import compiled_graph_ms, median_ms  # noqa: E402
 
 from workers import channel  # noqa: E402
 
@@ -28,17 +29,6 @@ MESSAGE = (7, "compute_shm", ("/dev/shm/dptrain-1234.4026531836-0123456789abcdef
 
 def reply(message):
     return ([((0, 2), None, 1234.5, 512, 50, 123456)], 0.0221)
-
-
-def median_ms(f, reps: int = 300) -> float:
-    for _ in range(30):
-        f()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
 
 
 def ray_calls() -> tuple[float, float | None]:
@@ -53,19 +43,7 @@ def ray_calls() -> tuple[float, float | None]:
     try:
         actors = [Worker.remote() for _ in range(2)]
         plain = median_ms(lambda: ray.get([a.step.remote(MESSAGE) for a in actors]))
-        graph_ms = None
-        try:
-            from ray.dag import InputNode, MultiOutputNode
-
-            with InputNode() as inp:
-                dag = MultiOutputNode([a.step.bind(inp) for a in actors])
-            graph = dag.experimental_compile()
-            try:
-                graph_ms = median_ms(lambda: ray.get(graph.execute(MESSAGE)))
-            finally:
-                graph.teardown()
-        except Exception as e:  # noqa: BLE001 - a beta Ray API: report, do not fail the bench
-            print(f"(Ray Compiled Graph failed: {type(e).__name__}: {e})")
+        graph_ms = compiled_graph_ms(actors, MESSAGE)
         return plain, graph_ms
     finally:
         ray.shutdown()

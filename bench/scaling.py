@@ -29,6 +29,8 @@ import time
 # The repository root first: bench/service.py must not shadow the `service` package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from timing import compiled_graph_ms, median_ms  # noqa: E402
+
 MODEL = {"input": 784, "layers": ["linear 512", "relu", "linear 512", "relu", "linear 10"],
          "loss": "cross_entropy"}
 N = 65536
@@ -143,30 +145,10 @@ def ray_round_trip(iters: int = 100) -> tuple[float, float | None]:
         def step(self, theta: np.ndarray) -> np.ndarray:
             return self.grad
 
-    def median_ms(f) -> float:
-        ts = []
-        for _ in range(iters + 10):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(ts[10:])
-
     actors = [Echo.remote() for _ in range(2)]
     theta = np.zeros(n, np.float32)
-    plain = median_ms(lambda: ray.get([a.step.remote(ray.put(theta)) for a in actors]))
-    compiled = None
-    try:
-        from ray.dag import InputNode, MultiOutputNode
-
-        with InputNode() as inp:
-            dag = MultiOutputNode([a.step.bind(inp) for a in actors])
-        graph = dag.experimental_compile(_buffer_size_bytes=theta.nbytes + 65536)
-        try:
-            compiled = median_ms(lambda: ray.get(graph.execute(theta)))
-        finally:
-            graph.teardown()
-    except Exception as e:  # noqa: BLE001 - a beta Ray API: report, do not fail the bench
-        print(f"(Ray Compiled Graph round trip failed: {type(e).__name__}: {e})")
+    plain = median_ms(lambda: ray.get([a.step.remote(ray.put(theta)) for a in actors]), iters, warmup=10)
+    compiled = compiled_graph_ms(actors, theta, iters, _buffer_size_bytes=theta.nbytes + 65536)
     for a in actors:
         ray.kill(a)
     return plain, compiled

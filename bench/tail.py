@@ -15,29 +15,18 @@ same bits as the numpy passes.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from timing import median_ms as ms  # noqa: E402
+
 from service import tail  # noqa: E402
 from service.optim import BLOCK, OptimizerSpec, make_optimizer  # noqa: E402
 
 P, COUNT, LR = 669_706, 1024, 0.01
-
-
-def ms(f, reps: int = 300) -> float:
-    for _ in range(20):
-        f()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
 
 
 def main() -> None:
