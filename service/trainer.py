@@ -33,7 +33,7 @@ from service.telemetry import StepMetrics, WorkerTiming
 from workers.data import Dataset, load_dataset
 from workers.engine import Model, SpecError
 from workers.shard import Partial, Plan, add_into, epoch_permutation
-from workers.tree import Node, chunk_bounds, root, split_runs, tree_sum
+from workers.tree import chunk_bounds, root, split_runs, tree_sum
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,10 @@ class Trainer:
         return [Plan(epoch, start, size, self.config.chunk_size, r) for r in runs]
 
     # --- reduction ------------------------------------------------------------------
-    def _reduce(self, outcomes, size: int, node: Node | None = None) -> Partial | None:
-        """Finish the fixed tree (or its subtree `node`) over the workers' partial sums,
-        left subtree first."""
+    def _reduce(self, outcomes, size: int, split_root: bool = False) -> list[Partial]:
+        """Finish the fixed tree over the workers' partial sums (left subtree first): its root,
+        or with `split_root` the root's two children (the root alone if it is one chunk or a
+        worker returned it whole), whose addition `_mean_gradient` fuses with the division."""
         known = {p.node: p for o in outcomes for p in o.parts}
         n_chunks = len(chunk_bounds(size, self.config.chunk_size))
 
@@ -156,18 +157,19 @@ class Trainer:
                     out = self._scratch[node] = np.empty_like(left.grad)
             return add_into(left, right, out)
 
-        return tree_sum(node or root(n_chunks), n_chunks, known, add)
+        lo, hi = root(n_chunks)
+        nodes = [(lo, hi)]
+        if split_root and hi - lo > 1 and (lo, hi) not in known:
+            mid = (lo + hi) // 2  # the right half is never empty: root spans the least power of 2
+            nodes = [(lo, mid), (mid, hi)]
+        return [tree_sum(node, n_chunks, known, add) for node in nodes]
 
     def _mean_gradient(self, outcomes, size: int) -> Partial:
         """The tree's root as metadata, with `self.grad` = its gradient / count, and the
         norm's block sums in `self._norm_sums`: the root's addition is fused with the
         division and the norm's squares (`service/tail.py`, same bits as separate passes)."""
-        lo, hi = root(len(chunk_bounds(size, self.config.chunk_size)))
-        if hi - lo == 1 or any(p.node == (lo, hi) for o in outcomes for p in o.parts):
-            left, right = self._reduce(outcomes, size), None  # one chunk, or one worker's
-        else:  # the right half of the root is never empty (root is the least power of 2)
-            mid = (lo + hi) // 2
-            left, right = self._reduce(outcomes, size, (lo, mid)), self._reduce(outcomes, size, (mid, hi))
+        left, *rest = self._reduce(outcomes, size, split_root=True)
+        right = rest[0] if rest else None
         total = left if right is None else add_into(replace(left, grad=None), replace(right, grad=None))
         mean_grad(left.grad, None if right is None else right.grad, total.count, self.grad, self._norm_sums)
         return total
@@ -224,7 +226,7 @@ class Trainer:
         bounds = chunk_bounds(n, self.config.chunk_size)
         runs = [r for r in split_runs(len(bounds), self.backend.size) if r[1] > r[0]]
         plans = [Plan(-1, 0, n, self.config.chunk_size, r) for r in runs]
-        total = self._reduce(self.backend.run("compute", plans), n)
+        (total,) = self._reduce(self.backend.run("compute", plans), n)
         acc = total.correct / n if self.val.task == "classification" else None
         return total.loss / n, acc
 
