@@ -160,7 +160,7 @@ class OptimizerSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., alpha: _Optional[float] = ..., weight_decay: _Optional[float] = ..., clip_norm: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "model", "dataset", "optimizer", "batch_size", "epochs", "steps", "chunk_size", "drop_last", "seed", "dtype", "workers", "cpus_per_worker", "val_every", "checkpoint_every", "worker_timeout_s", "recovery_budget_s")
+    __slots__ = ("name", "model", "dataset", "optimizer", "batch_size", "epochs", "steps", "chunk_size", "drop_last", "seed", "dtype", "workers", "cpus_per_worker", "val_every", "checkpoint_every", "worker_timeout_s", "recovery_budget_s", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,7 @@ class JobSpec(_message.Message):
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
     WORKER_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_BUDGET_S_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: ModelSpec
     dataset: DatasetSpec
@@ -195,10 +196,11 @@ class JobSpec(_message.Message):
     checkpoint_every: int
     worker_timeout_s: float
     recovery_budget_s: float
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., chunk_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., seed: _Optional[int] = ..., dtype: _Optional[str] = ..., workers: _Optional[int] = ..., cpus_per_worker: _Optional[float] = ..., val_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., worker_timeout_s: _Optional[float] = ..., recovery_budget_s: _Optional[float] = ...) -> None: ...
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., chunk_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., seed: _Optional[int] = ..., dtype: _Optional[str] = ..., workers: _Optional[int] = ..., cpus_per_worker: _Optional[float] = ..., val_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., worker_timeout_s: _Optional[float] = ..., recovery_budget_s: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "state", "spec", "created", "started", "finished", "step", "total_steps", "epoch", "latest_metrics", "error", "checkpoint_step")
+    __slots__ = ("id", "name", "state", "spec", "created", "started", "finished", "step", "total_steps", "epoch", "latest_metrics", "error", "checkpoint_step", "stats")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +214,7 @@ class Job(_message.Message):
     LATEST_METRICS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     state: JobState
@@ -225,7 +228,44 @@ class Job(_message.Message):
     latest_metrics: StepMetrics
     error: str
     checkpoint_step: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., latest_metrics: _Optional[_Union[StepMetrics, _Mapping]] = ..., error: _Optional[str] = ..., checkpoint_step: _Optional[int] = ...) -> None: ...
+    stats: JobStats
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., latest_metrics: _Optional[_Union[StepMetrics, _Mapping]] = ..., error: _Optional[str] = ..., checkpoint_step: _Optional[int] = ..., stats: _Optional[_Union[JobStats, _Mapping]] = ...) -> None: ...
+
+class JobStats(_message.Message):
+    __slots__ = ("failures", "epochs", "workers")
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    failures: int
+    epochs: _containers.RepeatedCompositeFieldContainer[EpochLedger]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    def __init__(self, failures: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[EpochLedger, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class EpochLedger(_message.Message):
+    __slots__ = ("epoch", "used_once", "duplicated", "unused", "complete")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    USED_ONCE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATED_FIELD_NUMBER: _ClassVar[int]
+    UNUSED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    used_once: int
+    duplicated: int
+    unused: int
+    complete: bool
+    def __init__(self, epoch: _Optional[int] = ..., used_once: _Optional[int] = ..., duplicated: _Optional[int] = ..., unused: _Optional[int] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("worker", "node", "pid", "transport")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    worker: int
+    node: str
+    pid: int
+    transport: str
+    def __init__(self, worker: _Optional[int] = ..., node: _Optional[str] = ..., pid: _Optional[int] = ..., transport: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -252,6 +292,12 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ResumeJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
@@ -412,12 +458,20 @@ class DatasetHeader(_message.Message):
     def __init__(self, filename: _Optional[str] = ..., format: _Optional[str] = ..., label_name: _Optional[str] = ..., label_index: _Optional[int] = ..., header: _Optional[bool] = ..., task: _Optional[str] = ..., delimiter: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class DatasetChunk(_message.Message):
-    __slots__ = ("header", "data")
+    __slots__ = ("header", "data", "end")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
     header: DatasetHeader
     data: bytes
-    def __init__(self, header: _Optional[_Union[DatasetHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    end: DatasetEnd
+    def __init__(self, header: _Optional[_Union[DatasetHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[DatasetEnd, _Mapping]] = ...) -> None: ...
+
+class DatasetEnd(_message.Message):
+    __slots__ = ("size_bytes",)
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    size_bytes: int
+    def __init__(self, size_bytes: _Optional[int] = ...) -> None: ...
 
 class DatasetInfo(_message.Message):
     __slots__ = ("id", "format", "n", "n_features", "task", "n_classes", "size_bytes", "created", "filename", "n_outputs")

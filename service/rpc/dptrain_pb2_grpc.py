@@ -56,6 +56,11 @@ class TrainerStub:
                 request_serializer=dptrain_dot_v1_dot_dptrain__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=dptrain_dot_v1_dot_dptrain__pb2.Job.FromString,
                 _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/dptrain.v1.Trainer/ResumeJob',
+                request_serializer=dptrain_dot_v1_dot_dptrain__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=dptrain_dot_v1_dot_dptrain__pb2.Job.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/dptrain.v1.Trainer/WatchJob',
                 request_serializer=dptrain_dot_v1_dot_dptrain__pb2.WatchJobRequest.SerializeToString,
@@ -94,7 +99,10 @@ class TrainerServicer:
 
     def SubmitJob(self, request, context):
         """Validates a job spec and queues the job. INVALID_ARGUMENT names the bad field
-        (e.g. "optimizer.lr: must be > 0, got -1").
+        (e.g. "optimizer.lr: must be > 0, got -1"), including a job that can never fit the
+        cluster's CPUs. A job that fits the cluster but not its free CPUs stays QUEUED
+        until all of its workers can start together. Idempotent per `request_id`: a retry
+        with the same id returns the job the first call created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,8 +123,19 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancels a queued or running job and returns it. FAILED_PRECONDITION if the job
-        already reached a final state.
+        """Cancels a queued or running job. Cancellation is asynchronous for a running job:
+        the returned Job may still be RUNNING; it ends CANCELLED within a second or two
+        (watch it, or poll GetJob). FAILED_PRECONDITION if the job already reached a final
+        state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Requeues a FAILED or CANCELLED job; it continues from its newest intact checkpoint
+        (or from the start if it has none), and ends bitwise equal to an uninterrupted run.
+        FAILED_PRECONDITION for a job that is queued, running or succeeded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +210,11 @@ def add_TrainerServicer_to_server(servicer, server):
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
                     request_deserializer=dptrain_dot_v1_dot_dptrain__pb2.CancelJobRequest.FromString,
+                    response_serializer=dptrain_dot_v1_dot_dptrain__pb2.Job.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=dptrain_dot_v1_dot_dptrain__pb2.ResumeJobRequest.FromString,
                     response_serializer=dptrain_dot_v1_dot_dptrain__pb2.Job.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
@@ -332,6 +356,33 @@ class Trainer:
             target,
             '/dptrain.v1.Trainer/CancelJob',
             dptrain_dot_v1_dot_dptrain__pb2.CancelJobRequest.SerializeToString,
+            dptrain_dot_v1_dot_dptrain__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dptrain.v1.Trainer/ResumeJob',
+            dptrain_dot_v1_dot_dptrain__pb2.ResumeJobRequest.SerializeToString,
             dptrain_dot_v1_dot_dptrain__pb2.Job.FromString,
             options,
             channel_credentials,
