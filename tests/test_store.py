@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service.store import (
+    AmbiguousId,
     CheckpointNotFound,
     CheckpointStore,
     DatasetNotFound,
@@ -22,6 +23,7 @@ from service.store import (
     InvalidPageToken,
     JobNotFound,
     MemoryJobStore,
+    RequestIdConflict,
     SqliteJobStore,
 )
 from service.trainer import TrainState
@@ -55,13 +57,14 @@ def test_create_and_get(store):
 def test_ids_are_unique_and_sortable(store):
     ids = [store.create(f"j{i}", SPEC).id for i in range(20)]
     assert len(set(ids)) == 20
-    assert ids[0] <= ids[-1]
+    assert ids[0][:12] <= ids[-1][:12]  # by the millisecond; within one, the random bits decide
 
 
 def test_get_unknown_raises_job_not_found(store):
     with pytest.raises(JobNotFound) as err:
         store.get("nope")
-    assert isinstance(err.value, KeyError) and "nope" in str(err.value)
+    assert isinstance(err.value, KeyError) and str(err.value) == "no job with id 'nope'"
+    assert err.value.args[0] == str(err.value) and err.value.job_id == "nope"  # the servicer sends args[0]
     for call in (lambda: store.update("nope", step=1), lambda: store.transition("nope", "RUNNING"),
                  lambda: store.append_metrics("nope", [(1, {})]), lambda: store.metrics("nope")):
         with pytest.raises(JobNotFound):
@@ -108,7 +111,8 @@ def test_legal_transitions_set_timestamps(store):
 @pytest.mark.parametrize("path, bad", [
     ([], "SUCCEEDED"), ([], "FAILED"), ([], "QUEUED"), (["RUNNING"], "RUNNING"),
     (["RUNNING", "SUCCEEDED"], "RUNNING"), (["RUNNING", "SUCCEEDED"], "CANCELLED"),
-    (["CANCELLED"], "QUEUED"), (["RUNNING", "FAILED"], "QUEUED"),
+    (["CANCELLED"], "RUNNING"), (["RUNNING", "FAILED"], "RUNNING"), (["RUNNING", "FAILED"], "SUCCEEDED"),
+    (["RUNNING", "SUCCEEDED"], "QUEUED"), (["RUNNING", "CANCELLED"], "CANCELLED"),
 ])
 def test_illegal_transitions(store, path, bad):
     rec = store.create("a", SPEC)
@@ -236,6 +240,101 @@ def test_datasets(store):
         store.add_dataset({"format": "npz"})
 
 
+def test_resume_requeues_failed_and_cancelled_jobs(store):
+    rec = store.create("a", SPEC)
+    store.transition(rec.id, "RUNNING")
+    store.update(rec.id, step=7, checkpoint_step=5)
+    failed = store.transition(rec.id, "FAILED", error="OSError: disk full")
+    resumed = store.transition(rec.id, "QUEUED")  # ResumeJob
+    assert (resumed.state, resumed.error, resumed.finished) == ("QUEUED", None, None)
+    assert (resumed.started, resumed.step, resumed.checkpoint_step) == (failed.started, 7, 5)
+    assert [r.id for r in store.unfinished()] == [rec.id] and store.get(rec.id) == resumed
+    assert store.transition(rec.id, "RUNNING").started == failed.started
+    assert store.transition(rec.id, "SUCCEEDED").finished is not None
+    cancelled = store.create("b", SPEC)
+    store.transition(cancelled.id, "CANCELLED", error="by user")
+    again = store.transition(cancelled.id, "QUEUED")
+    assert (again.state, again.error, again.finished, again.started) == ("QUEUED", None, None, None)
+
+
+def test_create_with_request_id_is_idempotent(store):
+    first = store.create("a", SPEC, request_id="req-1")
+    assert first.request_id == "req-1"
+    assert store.create("a", SPEC, request_id="req-1") == first  # a retry gets the same job
+    other = store.create("a", SPEC, request_id="req-2")
+    plain = [store.create("a", SPEC, request_id=r) for r in (None, "", None)]  # "" is proto3's "unset"
+    assert len({first.id, other.id, *(p.id for p in plain)}) == 5
+    assert all(p.request_id is None for p in plain)
+    assert len(store.list()[0]) == 5 and store.get(first.id).request_id == "req-1"
+    store.transition(first.id, "CANCELLED")  # a key keeps its job whatever its state
+    assert store.create("a", SPEC, request_id="req-1").state == "CANCELLED"
+
+
+def test_request_id_compares_specs_as_stored(store):
+    spec = {**SPEC, "shape": (2, 3), "alpha": float("nan")}  # tuples come back as lists from JSON
+    first = store.create("a", spec, request_id="k")
+    assert store.create("a", {**spec, "shape": [2, 3]}, request_id="k").id == first.id
+    for name, other in (("b", spec), ("a", {**spec, "steps": 11})):
+        with pytest.raises(RequestIdConflict, match=f"already used by job {first.id}"):
+            store.create(name, other, request_id="k")
+    assert len(store.list()[0]) == 1
+
+
+def test_concurrent_creates_with_one_request_id_make_one_job(store):
+    ids, barrier = [], threading.Barrier(8)
+
+    def go():
+        barrier.wait()
+        ids.append(store.create("a", SPEC, request_id="same").id)
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(ids) == 8 and len(set(ids)) == 1 and len(store.list()[0]) == 1
+
+
+def test_request_id_is_bounded(store):
+    for bad in ("x" * 129, "a\nb", "\x00"):
+        with pytest.raises(ValueError, match="request_id") as err:
+            store.create("a", SPEC, request_id=bad)
+        assert len(str(err.value)) < 200
+    assert store.create("a", SPEC, request_id="x" * 128).request_id == "x" * 128
+    assert len(store.list()[0]) == 1
+
+
+def test_job_not_found_clips_the_id(store):
+    with pytest.raises(JobNotFound) as err:
+        store.get("x" * 100_000)
+    assert str(err.value).startswith("no job with id 'xxxx") and len(str(err.value)) < 120
+    with pytest.raises(DatasetNotFound, match="^no dataset with id 'yyy") as err:
+        store.get_dataset("y" * 100_000)
+    assert len(str(err.value)) < 120
+
+
+def test_resolve_id_prefix(store):
+    ids = [store.create(f"j{i}", SPEC).id for i in range(7)]
+    for job_id in ids:
+        assert store.resolve_id(job_id) == job_id and store.resolve_id(job_id.upper()) == job_id
+    common = os.path.commonprefix(ids)
+    assert len(common) >= 4, ids  # created within a second: the millisecond clock's high digits agree
+    unique = next(i[:len(common) + 1] for i in ids if sum(j.startswith(i[:len(common) + 1]) for j in ids) == 1)
+    assert store.resolve_id(unique) == next(i for i in ids if i.startswith(unique))
+    with pytest.raises(AmbiguousId, match=f"'{common}' matches 7 jobs") as err:
+        store.resolve_id(common)
+    assert len(err.value.matches) == 5 and set(err.value.matches) <= set(ids) and "..." in str(err.value)
+    with pytest.raises(AmbiguousId, match="at least 4"):
+        store.resolve_id(ids[0][:3])
+    missing = "f" * 20 if not any(i.startswith("ffff") for i in ids) else "0" * 20
+    for bad in (missing, missing[:4], ids[0] + "0", "zzzz", "../../etc", "a" * 10_000, "", ids[0] + "\n"):
+        with pytest.raises(JobNotFound) as err:
+            store.resolve_id(bad)
+        assert len(str(err.value)) < 120
+
+
+def test_store_is_writable(store):
+    store.check_writable()
+    assert store.writable()
+
 # --------------------------------------------------------------------------- SQLite durability
 
 
@@ -258,7 +357,7 @@ def test_sqlite_pragmas_and_schema_version(tmp_path):
     with SqliteJobStore(tmp_path / "jobs.db") as s:
         assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
 
 def test_sqlite_job_survives_kill_9(tmp_path):

@@ -8,13 +8,25 @@ test suite (``tests/test_store.py``): :class:`~service.store.sqlite.SqliteJobSto
 
 States and legal transitions (anything else raises :class:`IllegalTransition`)::
 
-    QUEUED  -> RUNNING | CANCELLED
-    RUNNING -> SUCCEEDED | FAILED | CANCELLED | QUEUED   (requeued after a server restart)
-    SUCCEEDED, FAILED, CANCELLED: final
+    QUEUED    -> RUNNING | CANCELLED
+    RUNNING   -> SUCCEEDED | FAILED | CANCELLED | QUEUED   (requeued after a server restart)
+    FAILED    -> QUEUED   (ResumeJob: clears ``error`` and ``finished``)
+    CANCELLED -> QUEUED   (ResumeJob: clears ``error`` and ``finished``)
+    SUCCEEDED: final
+
+:data:`TERMINAL` are the states a job rests in until someone acts (a WatchJob stream ends
+there); only SUCCEEDED is final for good.
+
+Errors: every store raises :class:`StoreError` subclasses. :class:`StoreUnavailable` means
+the storage itself failed (disk full, I/O error, read-only file system): the request was
+fine, retrying after the operator frees space succeeds, and the store needs no reopening.
+Client-supplied ids are never echoed unbounded (:func:`clip`).
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -26,30 +38,89 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 TRANSITIONS: dict[str, frozenset[str]] = {
     "QUEUED": frozenset({"RUNNING", "CANCELLED"}),
     "RUNNING": frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "QUEUED"}),
-    **{s: frozenset() for s in TERMINAL},
+    "FAILED": frozenset({"QUEUED"}),
+    "CANCELLED": frozenset({"QUEUED"}),
+    "SUCCEEDED": frozenset(),
 }
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 UPDATABLE = frozenset({"name", "spec", "step", "total_steps", "epoch", "error", "checkpoint_step", "last_metrics"})
 """Fields :meth:`JobStore.update` may set; state and timestamps change only through transitions."""
+MIN_PREFIX = 4
+"""The shortest job id prefix :meth:`JobStore.resolve_id` accepts."""
+MAX_REQUEST_ID = 128
+"""The longest idempotency key :meth:`JobStore.create` accepts."""
+_ID = re.compile(r"[0-9a-f]{1,20}")  # what new_job_id() makes, or a prefix of it (fullmatch)
+_CLIP = 64
+
+
+def clip(s: object, n: int = _CLIP) -> str:
+    """``repr`` of at most ``n`` characters of a client-supplied string (and how long it really was)."""
+    text = s if isinstance(s, str) else str(s)
+    return repr(text[:n]) + (f"... ({len(text)} characters)" if len(text) > n else "")
 
 
 class StoreError(Exception):
     """Base class of the store's errors."""
 
 
+class StoreUnavailable(StoreError):
+    """The storage failed (disk full, I/O error, read-only file system), not the request.
+
+    ``store`` names the store and its path (e.g. ``job store /x/jobs.sqlite``), ``action``
+    what it could not do, ``cause`` the underlying error's text. Transient: once space
+    returns the same store object works again.
+    """
+
+    def __init__(self, store: str, action: str, cause: BaseException | str) -> None:
+        self.store, self.action, self.cause = store, action, str(cause)
+        super().__init__(f"{store}: cannot {action}: {self.cause}")
+
+    def __reduce__(self):  # picklable despite the three-argument constructor
+        return type(self), (self.store, self.action, self.cause)
+
+
 class JobNotFound(StoreError, KeyError):
-    """No job with this id."""
+    """No job with this id. ``job_id`` is what was asked for; the message clips it."""
+
+    def __init__(self, job_id: object) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {clip(job_id)}")
 
     def __str__(self) -> str:  # KeyError would print the repr of its argument
-        return f"job {self.args[0]!r} not found"
+        return str(self.args[0])
+
+    def __reduce__(self):
+        return type(self), (self.job_id,)
+
+
+class AmbiguousId(StoreError, ValueError):
+    """A job id prefix that is too short, or matches several jobs (``matches``: up to 5 of them)."""
+
+    def __init__(self, message: str, matches: list[str] | None = None) -> None:
+        self.matches = list(matches or [])
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.matches)
+
+
+class RequestIdConflict(StoreError, ValueError):
+    """An idempotency key reused for a different request (another name or spec)."""
 
 
 class DatasetNotFound(StoreError, KeyError):
     """No uploaded dataset with this id."""
 
+    def __init__(self, dataset_id: object) -> None:
+        self.dataset_id = dataset_id
+        super().__init__(f"no dataset with id {clip(dataset_id)}")
+
     def __str__(self) -> str:
-        return f"dataset {self.args[0]!r} not found"
+        return str(self.args[0])
+
+    def __reduce__(self):
+        return type(self), (self.dataset_id,)
 
 
 class IllegalTransition(StoreError, ValueError):
@@ -75,6 +146,7 @@ class JobRecord:
     error: str | None = None
     checkpoint_step: int | None = None
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None  # the client's idempotency key, if it sent one
 
 
 def new_job_id() -> str:
@@ -98,9 +170,57 @@ def transition_changes(rec: JobRecord, new: str, error: str | None, now: float) 
         changes["started"] = now
     if new in TERMINAL:
         changes["finished"] = now
+    if new == "QUEUED" and rec.state in TERMINAL:  # resumed: it is neither finished nor failed now
+        changes.update(finished=None, error=None)
     if error is not None:
         changes["error"] = error
     return changes
+
+
+def check_request_id(request_id: str | None) -> str | None:
+    """The idempotency key to store: None for none ("" included, as proto3 sends it)."""
+    if request_id is None or request_id == "":
+        return None
+    if not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise ValueError(f"request_id must be at most {MAX_REQUEST_ID} printable characters, got {clip(request_id)}")
+    return request_id
+
+
+def same_request(rec: JobRecord, name: str, spec: dict[str, Any]) -> JobRecord:
+    """``rec`` if it was created by this request (same name and spec), else :class:`RequestIdConflict`.
+
+    Compared as JSON text, the form the durable store keeps (tuples become lists, NaN equals NaN).
+    """
+    if rec.name != name or _canonical(rec.spec) != _canonical(spec):
+        raise RequestIdConflict(f"request_id {clip(rec.request_id)} was already used by job {rec.id} "
+                                f"with a different name or spec")
+    return rec
+
+
+def _canonical(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+def check_prefix(prefix: str) -> str:
+    """A job id prefix, lowercased; :class:`AmbiguousId` if too short, :class:`JobNotFound` if no id can match."""
+    if not isinstance(prefix, str):
+        raise JobNotFound(prefix)
+    p = prefix.lower()
+    if not _ID.fullmatch(p):
+        raise JobNotFound(prefix)
+    if len(p) < MIN_PREFIX:
+        raise AmbiguousId(f"job id prefix {clip(prefix)} is too short: give at least {MIN_PREFIX} characters")
+    return p
+
+
+def unique_match(prefix: str, matches: list[str], total: int) -> str:
+    """The one id in ``matches`` (up to 5 of the ``total`` ids starting with ``prefix``)."""
+    if total == 0:
+        raise JobNotFound(prefix)
+    if total > 1:
+        shown = ", ".join(matches[:5]) + (", ..." if total > 5 else "")
+        raise AmbiguousId(f"job id prefix {clip(prefix)} matches {total} jobs: {shown}", matches[:5])
+    return matches[0]
 
 
 def check_updates(fields: dict[str, Any]) -> None:
@@ -127,12 +247,27 @@ class JobStore(ABC):
     """Jobs, their metrics history and uploaded datasets. Safe to share between threads."""
 
     @abstractmethod
-    def create(self, name: str, spec: dict[str, Any]) -> JobRecord:
-        """Persist a new QUEUED job (durably, before the caller acknowledges it)."""
+    def create(self, name: str, spec: dict[str, Any], request_id: str | None = None) -> JobRecord:
+        """Persist a new QUEUED job (durably, before the caller acknowledges it).
+
+        With a ``request_id`` (a client's idempotency key, at most :data:`MAX_REQUEST_ID`
+        printable characters; "" means none) a retry returns the job the first call created,
+        atomically: two concurrent calls with one key create one job. Reusing a key with
+        another name or spec raises :class:`RequestIdConflict`.
+        """
 
     @abstractmethod
     def get(self, job_id: str) -> JobRecord:
         """The job's record; :class:`JobNotFound` if unknown."""
+
+    @abstractmethod
+    def resolve_id(self, prefix: str) -> str:
+        """The id of the one job whose id starts with ``prefix`` (case-insensitive).
+
+        :class:`JobNotFound` if none does (or ``prefix`` cannot be part of an id),
+        :class:`AmbiguousId` if several do (listing up to 5) or the prefix is shorter
+        than :data:`MIN_PREFIX`. A full id resolves to itself.
+        """
 
     @abstractmethod
     def list(self, states: Iterable[str] | None = None, page_size: int = DEFAULT_PAGE_SIZE,
@@ -183,6 +318,21 @@ class JobStore(ABC):
     @abstractmethod
     def list_datasets(self) -> list[dict[str, Any]]:
         """All datasets in registration order."""
+
+    def check_writable(self) -> None:
+        """Prove the store can write now, cheaply (call it every few seconds for health).
+
+        Raises :class:`StoreUnavailable` naming the store and the cause. Stores that
+        cannot fail (in memory) return at once.
+        """
+
+    def writable(self) -> bool:
+        """:meth:`check_writable` as a yes/no answer."""
+        try:
+            self.check_writable()
+        except StoreUnavailable:
+            return False
+        return True
 
     def close(self) -> None:
         """Release resources; the store is unusable afterwards."""

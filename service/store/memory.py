@@ -18,10 +18,14 @@ from .base import (
     JobNotFound,
     JobRecord,
     JobStore,
+    check_prefix,
+    check_request_id,
     check_updates,
     new_job_id,
     page_args,
+    same_request,
     transition_changes,
+    unique_match,
 )
 
 
@@ -33,6 +37,7 @@ class MemoryJobStore(JobStore):
         self._next_seq = 1
         self._metrics: dict[str, dict[int, dict[str, Any]]] = {}
         self._datasets: dict[str, dict[str, Any]] = {}
+        self._requests: dict[str, str] = {}  # idempotency key -> job id
 
     def _record(self, job_id: str) -> JobRecord:
         try:
@@ -40,12 +45,18 @@ class MemoryJobStore(JobStore):
         except KeyError:
             raise JobNotFound(job_id) from None
 
-    def create(self, name: str, spec: dict[str, Any]) -> JobRecord:
+    def create(self, name: str, spec: dict[str, Any], request_id: str | None = None) -> JobRecord:
+        request_id = check_request_id(request_id)
         with self._lock:
-            rec = JobRecord(id=new_job_id(), name=name, spec=copy.deepcopy(spec), created=time.time())
+            if request_id is not None and request_id in self._requests:
+                return copy.deepcopy(same_request(self._jobs[self._requests[request_id]], name, spec))
+            rec = JobRecord(id=new_job_id(), name=name, spec=copy.deepcopy(spec), created=time.time(),
+                            request_id=request_id)
             while rec.id in self._jobs:  # two ids in one millisecond with equal random bits
                 rec.id = new_job_id()
             self._jobs[rec.id] = rec
+            if request_id is not None:
+                self._requests[request_id] = rec.id
             self._seq[rec.id] = self._next_seq
             self._next_seq += 1
             self._metrics[rec.id] = {}
@@ -54,6 +65,12 @@ class MemoryJobStore(JobStore):
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
             return copy.deepcopy(self._record(job_id))
+
+    def resolve_id(self, prefix: str) -> str:
+        p = check_prefix(prefix)
+        with self._lock:
+            matches = sorted(job_id for job_id in self._jobs if job_id.startswith(p))
+        return unique_match(prefix, matches, len(matches))
 
     def list(self, states: Iterable[str] | None = None, page_size: int = DEFAULT_PAGE_SIZE,
              page_token: str = "") -> tuple[list[JobRecord], str]:

@@ -7,6 +7,16 @@ writers anyway), and read-check-write sequences such as :meth:`transition` run i
 ``BEGIN IMMEDIATE`` transaction so they are atomic even across processes.
 
 Specs, metrics and dataset infos are JSON text columns.
+
+Schema versions: every store file starts from :data:`_SCHEMA_V1` (the first schema, kept
+verbatim) and is brought up to :data:`SCHEMA_VERSION` by the steps in :data:`_MIGRATIONS`,
+in one transaction when it is opened; a new file takes the same path, so the migrations
+run on every test. v2 added ``jobs.request_id`` (SubmitJob's idempotency key, unique when
+set) and the ``probe`` row that :meth:`SqliteJobStore.check_writable` rewrites.
+
+Storage failures (SQLite's FULL, IOERR, READONLY, CANTOPEN) raise
+:class:`~service.store.base.StoreUnavailable` naming this file; the transaction is rolled
+back and the same connection works again once the disk does.
 """
 from __future__ import annotations
 
@@ -27,16 +37,22 @@ from .base import (
     JobRecord,
     JobStore,
     StoreError,
+    StoreUnavailable,
+    check_prefix,
+    check_request_id,
     check_updates,
     new_job_id,
     page_args,
+    same_request,
     transition_changes,
+    unique_match,
 )
+from .disk import probe_dir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
+SCHEMA_VERSION = 2
+_SCHEMA_V1 = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order, the paging key
@@ -67,51 +83,113 @@ CREATE TABLE datasets (
     info TEXT NOT NULL                      -- JSON
 );
 """
+_MIGRATIONS: dict[int, str] = {  # version -> the statements that take a store from it to the next
+    1: """
+ALTER TABLE jobs ADD COLUMN request_id TEXT;  -- the client's idempotency key
+CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL;
+CREATE TABLE probe (id INTEGER PRIMARY KEY CHECK (id = 0), at REAL NOT NULL);
+""",
+}
+_UNAVAILABLE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
+                          sqlite3.SQLITE_CANTOPEN})
+"""Primary result codes that mean the disk failed, not the request."""
 _COLUMNS = ("id", "name", "spec", "state", "created", "started", "finished", "step", "total_steps",
-            "epoch", "error", "checkpoint_step", "last_metrics")
+            "epoch", "error", "checkpoint_step", "last_metrics", "request_id")
 _JSON = ("spec", "last_metrics")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+
+
+def _statements(script: str) -> list[str]:
+    """A DDL script split into statements (executescript would COMMIT). Comments hold no ';'."""
+    return [stmt for stmt in script.split(";") if stmt.strip()]
+
+
+def _storage_failure(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _UNAVAILABLE  # extended codes (IOERR_WRITE, ...) keep the primary in the low byte
+    text = str(e).lower()
+    return any(s in text for s in ("disk is full", "disk i/o error", "readonly database", "unable to open"))
 
 
 class SqliteJobStore(JobStore):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
+        self.label = f"job store {self.path}"
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        with self._errors("open"):
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _migrate(self) -> None:
         with self._tx() as c:
             exists = c.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'").fetchone()
             if not exists:
-                for stmt in filter(str.strip, _SCHEMA.split(";")):  # executescript would COMMIT
+                for stmt in _statements(_SCHEMA_V1):
                     c.execute(stmt)
-                c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                log.info("created job store schema v%d in %s", SCHEMA_VERSION, self.path)
-                return
+                c.execute("INSERT INTO schema_version (version) VALUES (1)")
             row = c.execute("SELECT version FROM schema_version").fetchone()
-            if row is None or row[0] != SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: schema version {row and row[0]} is not the supported "
-                                 f"{SCHEMA_VERSION}")
+            found = row and row[0]
+            if not isinstance(found, int) or not 1 <= found <= SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema version {found} is not one this server can read "
+                                 f"(1 to {SCHEMA_VERSION}); was it written by a newer dptrain?")
+            for version in range(found, SCHEMA_VERSION):
+                for stmt in _statements(_MIGRATIONS[version]):
+                    c.execute(stmt)
+            c.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        if not exists:
+            log.info("created %s (schema v%d)", self.label, SCHEMA_VERSION)
+        elif found != SCHEMA_VERSION:
+            log.info("migrated %s from schema v%d to v%d", self.label, found, SCHEMA_VERSION)
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Re-raise a storage failure as :class:`StoreUnavailable` naming this store; other errors unchanged."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            if _storage_failure(e):
+                raise StoreUnavailable(self.label, action, e) from e
+            raise
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: committed (and fsynced) on exit, rolled back on error."""
-        with self._lock:
+        with self._lock, self._errors("write"):
+            self._rollback()  # one a failed ROLLBACK left open would block every later BEGIN
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        """End an open transaction. SQLite may already have rolled it back itself (after
+        FULL or IOERR); a ROLLBACK that fails must not hide the error that caused it."""
+        if not self._conn.in_transaction:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            log.warning("%s: rollback failed: %s", self.label, e)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors("read"):
+            yield self._conn
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        with self._reading() as c:
+            return c.execute(sql, args).fetchall()
 
     @staticmethod
     def _to_record(row: tuple) -> JobRecord:
@@ -132,18 +210,33 @@ class SqliteJobStore(JobStore):
         c.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
 
     # --- JobStore ---------------------------------------------------------------------
-    def create(self, name: str, spec: dict[str, Any]) -> JobRecord:
+    def create(self, name: str, spec: dict[str, Any], request_id: str | None = None) -> JobRecord:
+        request_id = check_request_id(request_id)
         rec = JobRecord(id=new_job_id(), name=name, spec=spec, created=time.time())
+        text = json.dumps(spec)  # before the transaction: a spec that is not JSON fails here
         with self._tx() as c:
+            if request_id is not None:
+                row = c.execute(f"{_SELECT} WHERE request_id = ?", (request_id,)).fetchone()
+                if row is not None:  # a retry: the job its first attempt created
+                    return same_request(self._to_record(row), name, spec)
             while c.execute("SELECT 1 FROM jobs WHERE id = ?", (rec.id,)).fetchone():
                 rec.id = new_job_id()
-            c.execute("INSERT INTO jobs (id, name, spec, state, created) VALUES (?, ?, ?, ?, ?)",
-                      (rec.id, name, json.dumps(spec), rec.state, rec.created))
+            c.execute("INSERT INTO jobs (id, name, spec, state, created, request_id) VALUES (?, ?, ?, ?, ?, ?)",
+                      (rec.id, name, text, rec.state, rec.created, request_id))
             return self._get(c, rec.id)
 
     def get(self, job_id: str) -> JobRecord:
-        with self._lock:
-            return self._get(self._conn, job_id)
+        with self._reading() as c:
+            return self._get(c, job_id)
+
+    def resolve_id(self, prefix: str) -> str:
+        p = check_prefix(prefix)
+        # ids are lowercase hex, so every id starting with p sorts in [p, p + "g"): an index range scan
+        where, args = "id >= ? AND id < ?", (p, p + "g")
+        with self._reading() as c:
+            total = c.execute(f"SELECT count(*) FROM jobs WHERE {where}", args).fetchone()[0]
+            matches = [r[0] for r in c.execute(f"SELECT id FROM jobs WHERE {where} ORDER BY id LIMIT 5", args)]
+        return unique_match(prefix, matches, total)
 
     def list(self, states: Iterable[str] | None = None, page_size: int = DEFAULT_PAGE_SIZE,
              page_token: str = "") -> tuple[list[JobRecord], str]:
@@ -183,8 +276,8 @@ class SqliteJobStore(JobStore):
                       (int(last_step), rows[-1][2], int(last.get("epoch", rec.epoch)), job_id))
 
     def metrics(self, job_id: str, from_step: int = 0) -> list[tuple[int, dict[str, Any]]]:
-        with self._lock:
-            self._get(self._conn, job_id)
+        with self._reading() as c:
+            self._get(c, job_id)
             rows = self._read("SELECT step, data FROM metrics WHERE job_id = ? AND step >= ? ORDER BY step",
                               (job_id, int(from_step)))
         return [(step, json.loads(data)) for step, data in rows]
@@ -210,6 +303,18 @@ class SqliteJobStore(JobStore):
 
     def list_datasets(self) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in self._read("SELECT info FROM datasets ORDER BY seq")]
+
+    def check_writable(self) -> None:
+        """Rewrite the probe row in a committed transaction, then :func:`probe_dir` next to the file.
+
+        Any SQLite error counts (a lock held elsewhere for 30 s is also "cannot write").
+        """
+        try:
+            with self._tx() as c:
+                c.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (0, ?)", (time.time(),))
+        except sqlite3.Error as e:
+            raise StoreUnavailable(self.label, "write", e) from e
+        probe_dir(os.path.dirname(os.path.abspath(self.path)), self.label)
 
     def close(self) -> None:
         with self._lock:
