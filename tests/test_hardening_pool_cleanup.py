@@ -37,3 +37,50 @@ def test_the_warm_reaper_never_starts_ray_after_a_shutdown():
         print(ray.is_initialized(), reaper.is_alive(), len(WARM))
     """, DPTRAIN_WARM_S="1")
     assert out.split() == ["False", "False", "0"]
+
+
+def _files(directory, prefix: str) -> list[str]:
+    return sorted(f for f in os.listdir(directory) if f.startswith(os.path.basename(prefix)))
+
+
+def test_shared_files_are_removed_exactly_when_their_coordinator_is_dead(tmp_path, monkeypatch):
+    """A coordinator's lock, not the PID in its file names, says whether it is alive: after a
+    SIGKILL its files go at the next start even when its PID now names a live process (PIDs
+    are reused; a restarted container's server often gets the same one), and a live
+    coordinator's files stay, whoever looks (its own process included)."""
+
+    import numpy as np
+
+    from workers import shm
+
+    monkeypatch.setenv("DPTRAIN_SHM_DIR", str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import numpy as np
+        from workers.shm import ShmHost
+        host = ShmHost("node")
+        host.publish(np.zeros(4, np.float32))
+        print(host.prefix, flush=True)
+        sys.stdin.read()
+    """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        theirs = child.stdout.readline().strip()
+        ours = shm.ShmHost("node")
+        ours.publish(np.ones(4, np.float32))
+        before = {p: _files(tmp_path, p) for p in (theirs, ours.prefix)}
+        assert all(len(f) >= 2 for f in before.values())  # probe and weights at least
+        assert shm.cleanup_stale() == []  # both alive: this process's own check takes no lock from it
+        assert shm.cleanup_stale() == []  # ... nor drops it on close
+        assert {p: _files(tmp_path, p) for p in before} == before
+    finally:
+        child.kill()
+        child.wait()
+    # The dead coordinator's PID is reused by a live process (this one).
+    dead_tag = os.path.basename(theirs).split("-")[1]
+    for name in _files(tmp_path, theirs):
+        os.rename(tmp_path / name, tmp_path / name.replace(dead_tag, shm.owner_tag(), 1))
+    removed = shm.cleanup_stale()
+    assert len(removed) == len(before[theirs]) and all(str(tmp_path) in p for p in removed)
+    assert _files(tmp_path, ours.prefix) == before[ours.prefix]
+    ours.close()
+    assert os.listdir(tmp_path) == []

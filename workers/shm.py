@@ -11,9 +11,14 @@ Files are plain memory-mapped files in /dev/shm (tmpfs; `$DPTRAIN_SHM_DIR` overr
 
 created and unlinked by the coordinator only (`<pid>` is the coordinator's), so one
 `unlink_owned` on close removes a job's files and `cleanup_stale` at the next start
-removes those of a coordinator that died without closing. (Plain files rather than
-`multiprocessing.shared_memory`, whose resource tracker unlinks a segment when any
-attaching process exits on Python 3.11.)
+removes those of a coordinator that died without closing (SIGKILL, power loss of a
+container sharing /dev/shm). While its files are in use the coordinator holds an
+exclusive `flock` on `<prefix>-lock`; the kernel drops it when the process dies, however
+it dies. So files are stale exactly when their lock can be taken: a reused PID (a
+restarted container's server often gets the same one) never protects them, and a live
+coordinator's files are never removed, whichever process or PID namespace looks. (Plain
+files rather than `multiprocessing.shared_memory`, whose resource tracker unlinks a
+segment when any attaching process exits on Python 3.11.)
 
 Each file starts with a 64-byte header: a magic, a random nonce (proves a worker opened
 the file the coordinator meant, not a same-named one in another mount namespace) and a
@@ -24,6 +29,7 @@ job then uses the object store), never with SIGBUS on a later write. Docker's de
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import mmap
 import os
@@ -85,17 +91,89 @@ def _pid_alive(pid: int) -> bool:
 
 
 def cleanup_stale(directory: str | None = None) -> list[str]:
-    """Unlink dptrain-* files whose creating process (same PID namespace) is gone.
+    """Unlink the dptrain-* files of coordinators that are gone; returns the paths removed.
 
-    Files of another PID namespace (a container sharing /dev/shm) are left alone: their
-    PIDs mean nothing here. Returns the paths removed.
+    A prefix with a lock file is stale when its lock can be taken (held meanwhile, so no
+    other cleaner judges it half-removed). One without (files of an older version) is
+    judged by the PID in its name: stale if that process of this PID namespace is gone;
+    files of another PID namespace are left alone then, their PIDs mean nothing here.
     """
-    ns, removed = _pid_namespace(), []
-    for path in glob.glob(os.path.join(directory or shm_dir(), "dptrain-*")):
-        owner = os.path.basename(path)[len("dptrain-"):].split("-", 1)[0]
-        pid, _, pns = owner.partition(".")
-        if not pid.isdigit() or pns != ns or _pid_alive(int(pid)):
+    directory = directory or shm_dir()
+    groups: dict[str, list[str]] = {}
+    for path in glob.glob(os.path.join(directory, "dptrain-*")):
+        parts = os.path.basename(path).split("-", 3)  # dptrain, <pid>.<ns>, <token>, <what>
+        if len(parts) == 4:
+            groups.setdefault(os.path.join(directory, "-".join(parts[:3])), []).append(path)
+    removed = []
+    for prefix, paths in groups.items():
+        lock = _lock_path(prefix)
+        if lock not in paths:
+            if _owner_gone(prefix):
+                removed += _unlink_all(paths)
             continue
+        fd = _try_lock(lock)
+        if fd is None:  # held: a live coordinator's files
+            continue
+        try:
+            removed += _unlink_all([p for p in paths if p != lock] + [lock])
+        finally:
+            os.close(fd)
+    for tmp in glob.glob(os.path.join(directory, ".dptrain-*-lock")):  # died before renaming its lock
+        fd = _try_lock(tmp)
+        if fd is not None:
+            removed += _unlink_all([tmp])
+            os.close(fd)
+    return removed
+
+
+def _owner_gone(prefix: str) -> bool:
+    """The creator named in an unlocked prefix is a dead process of this PID namespace."""
+    pid, _, pns = os.path.basename(prefix)[len("dptrain-"):].split("-", 1)[0].partition(".")
+    return pid.isdigit() and pns == _pid_namespace() and not _pid_alive(int(pid))
+
+
+def _lock_path(prefix: str) -> str:
+    return f"{prefix}-lock"
+
+
+def _try_lock(path: str) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None if another holds it (or it is gone).
+
+    flock, not fcntl/lockf: its locks belong to the open file, so a cleaner in the owner's
+    own process neither takes nor, on close, drops the owner's lock."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def hold_lock(prefix: str) -> int:
+    """Lock `prefix`'s files for this process: an fd holding the flock on `<prefix>-lock`.
+
+    The file is locked under a hidden name, then renamed into place, so no cleaner ever
+    sees it unlocked. Closing the fd (or dying) releases it."""
+    directory, name = os.path.split(prefix)
+    tmp = os.path.join(directory, f".{name}-lock")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, _lock_path(prefix))
+    except BaseException:
+        os.close(fd)
+        _unlink(tmp)
+        raise
+    return fd
+
+
+def _unlink_all(paths: list[str]) -> list[str]:
+    removed = []
+    for path in paths:
         try:
             os.unlink(path)
             removed.append(path)
@@ -257,11 +335,16 @@ class ShmHost:
         self.node_id = node_id
         self.prefix = new_prefix()
         self._count = 0
-        self._probe = self._create("probe", 8)
         self._theta: Segment | None = None
         self._theta_view: np.ndarray | None = None
         self.version = 0
         self._retired: list[Segment] = []
+        self._lock: int | None = hold_lock(self.prefix)  # our files are in use while held
+        try:
+            self._probe = self._create("probe", 8)
+        except BaseException:
+            self.close()
+            raise
 
     def _create(self, what: str, nbytes: int) -> Segment:
         self._count += 1
@@ -328,5 +411,9 @@ class ShmHost:
         self._retired.clear()
 
     def close(self) -> None:
+        """Unlink every file of ours, then release the lock (idempotent)."""
         self._retired.clear()
         unlink_owned(self.prefix)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
