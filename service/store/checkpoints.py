@@ -198,7 +198,7 @@ class CheckpointStore:
             except CheckpointNotFound:  # pruned since the listing
                 continue
             except CheckpointCorrupt as e:
-                log.warning("job %s: skipping checkpoint %s: %s", job_id, e.problems[0][0], e.problems[0][2])
+                log.warning("job %s: skipping checkpoint %s (step %d): %s", job_id, *e.problems[0])
                 skipped.append(e)
                 continue
             if skipped:
