@@ -26,8 +26,10 @@ Retention: the newest checkpoints up to ``keep`` intact ones, plus any marked wi
 never count towards ``keep``, so the only intact checkpoint is never pruned in favour of
 newer corrupt ones. Nothing is unpickled: a checkpoint can never execute code.
 
-Storage failures (disk full, I/O error, read-only) raise
-:class:`~service.store.base.StoreUnavailable` naming this store.
+Storage failures while writing or listing (disk full, I/O error, read-only) raise
+:class:`~service.store.base.StoreUnavailable` naming this store. A file that cannot be
+read (EIO included) is that file's problem: it counts as corrupt, and ``latest`` falls
+back past it.
 """
 from __future__ import annotations
 
