@@ -317,8 +317,9 @@ def test_resolve_id_prefix(store):
         assert store.resolve_id(job_id) == job_id and store.resolve_id(job_id.upper()) == job_id
     common = os.path.commonprefix(ids)
     assert len(common) >= 4, ids  # created within a second: the millisecond clock's high digits agree
-    unique = next(i[:len(common) + 1] for i in ids if sum(j.startswith(i[:len(common) + 1]) for j in ids) == 1)
-    assert store.resolve_id(unique) == next(i for i in ids if i.startswith(unique))
+    for job_id in ids:  # each by its shortest unique prefix
+        unique = next(job_id[:n] for n in range(4, 21) if sum(i.startswith(job_id[:n]) for i in ids) == 1)
+        assert store.resolve_id(unique) == job_id
     with pytest.raises(AmbiguousId, match=f"'{common}' matches 7 jobs") as err:
         store.resolve_id(common)
     assert len(err.value.matches) == 5 and set(err.value.matches) <= set(ids) and "..." in str(err.value)
