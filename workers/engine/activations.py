@@ -3,12 +3,16 @@
 For out = f(x) applied elementwise, the Jacobian is diagonal, so the g_out -> g_in
 recurrence reduces to g_in = g_out * f'(x). Each class writes f'(x) in whichever form
 is cheapest given what forward cached (often in terms of `out`).
+
+Where f' is a structural 0 (ReLU off, the flat side of a piece), g_in is 0 even when g_out
+is inf or NaN, as in PyTorch: a product with a 0/1 mask would make inf * 0 = NaN there.
+The fast product stays, and a NaN it made is repaired afterwards (see docs/engine-numerics.md).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .op import Op
+from .op import Op, has_nan
 from .special import erf, expit
 
 _INV_SQRT2 = 1.0 / np.sqrt(2.0)
@@ -65,7 +69,12 @@ class Tanh(Pointwise):
 
 
 class ReLU(Pointwise):
-    """max(0, x);  derivative 1 for x > 0, else 0 (the subgradient 0 at x = 0)."""
+    """max(0, x);  derivative 1 for x > 0, else 0 (the subgradient 0 at x = 0, as PyTorch).
+
+    g_in selects g_out where out > 0 and is 0 elsewhere, whatever g_out holds there (an inf
+    from `pow 0.5` at 0 downstream, say). It is computed as g_out * mask, the fastest form,
+    and only if that made a NaN (inf * 0 or NaN * 0) are the masked-off NaNs set to 0.
+    """
 
     def f(self, x, out):
         np.maximum(x, 0, out=out)
@@ -74,10 +83,16 @@ class ReLU(Pointwise):
         mask = self.ws.get("mask", g_out.shape, np.dtype(bool))
         np.greater(self.out, 0, out=mask)
         np.multiply(g_out, mask, out=g_in)
+        if has_nan(g_in):
+            np.copyto(g_in, 0, where=np.isnan(g_in) & ~mask)
 
 
 class LeakyReLU(Pointwise):
-    """x for x > 0, else alpha x;  derivative 1 or alpha."""
+    """x for x > 0, else alpha x;  derivative 1 for x > 0, else alpha (alpha at 0, as PyTorch).
+
+    The x > 0 side selects g_out; the other side multiplies it by alpha, so g_out = inf
+    gives inf there, or NaN if alpha = 0 (as in PyTorch). |alpha| <= 1000 (the spec checks).
+    """
 
     attr_defaults = {"alpha": 0.01}
 
@@ -91,7 +106,12 @@ class LeakyReLU(Pointwise):
 
 
 class ELU(Pointwise):
-    """x for x > 0, else alpha (e^x - 1);  derivative 1, or alpha e^x = out + alpha."""
+    """x for x > 0, else alpha (e^x - 1);  derivative 1, or alpha e^x = out + alpha.
+
+    out + alpha rounds to exactly 0 once e^x < eps (x < -17 in float32), where alpha e^x is
+    tiny but not 0: an inf g_out then gives inf * 0 = NaN. Those entries are recomputed as
+    g_out alpha e^x (PyTorch's formula), only when a NaN appears. |alpha| <= 1000.
+    """
 
     attr_defaults = {"alpha": 1.0}
 
@@ -105,6 +125,9 @@ class ELU(Pointwise):
         np.add(self.out, self.attrs["alpha"], out=g_in)
         g_in *= g_out
         np.copyto(g_in, g_out, where=self.x > 0)
+        if has_nan(g_in):
+            exact = np.exp(self.x) * self.attrs["alpha"] * g_out
+            np.copyto(g_in, exact, where=np.isnan(g_in) & (self.x <= 0))
 
 
 class GELU(Pointwise):

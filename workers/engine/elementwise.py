@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .activations import Pointwise
-from .op import Op
+from .op import Op, has_nan
 
 
 def _same_width(in_dims: Sequence[int]) -> int:
@@ -139,9 +139,17 @@ class Cos(Pointwise):
 
 
 class Pow(Pointwise):
-    """x^c for a constant c;  derivative c x^(c-1)."""
+    """x^c for a constant c, |c| <= 100;  derivative c x^(c-1), and 0 everywhere for c = 0.
+
+    Beyond |c| = 100, x^c overflows float32 for every |x| > 2.4 (or underflows), so the spec
+    rejects it. At x = 0 the derivative is what PyTorch gives: 1 for c = 1, 0 for c > 1,
+    inf for 0 < c < 1 (the true one-sided limit). For c = 0, c x^-1 would be 0 * inf = NaN
+    at x = 0 (and 0 * inf where g_out is inf): the derivative of the constant 1 is 0, so
+    those NaNs are set to 0, as PyTorch's pow_backward returns zeros for c = 0.
+    """
 
     required_attrs = ("exponent",)
+    attr_bounds = {"exponent": 100.0}
 
     def f(self, x, out):
         np.power(x, self.attrs["exponent"], out=out)
@@ -151,6 +159,8 @@ class Pow(Pointwise):
         np.power(self.x, c - 1, out=g_in)
         g_in *= c
         g_in *= g_out
+        if c == 0 and has_nan(g_in):
+            np.copyto(g_in, 0, where=np.isnan(g_in))
 
 
 class Concat(Op):

@@ -15,3 +15,15 @@ class SpecError(ValueError):
 
     def __reduce__(self):  # survives pickling, e.g. when Ray carries it between processes
         return (type(self), (self.field, self.message))
+
+
+SHOW_CHARS = 64
+
+
+def show(value: object, n: int = SHOW_CHARS) -> str:
+    """``repr`` of a client value for an error message, clipped to `n` characters.
+
+    A spec can carry a string or structure of any size; an error must never echo it whole.
+    """
+    text = repr(value)
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import SpecError
+from .errors import SpecError, show
 from .losses import LOSSES
 from .op import Op
 from .registry import OPS, RELU_LIKE
@@ -55,7 +55,7 @@ def topological_order(spec: ModelSpec) -> list[NodeSpec]:
     for n in spec.nodes:
         for inp in n.inputs:
             if inp != INPUT and inp not in by_name:
-                raise SpecError(f"{_where(spec, n)}.inputs", f"unknown input {inp!r}")
+                raise SpecError(f"{_where(spec, n)}.inputs", f"unknown input {show(inp)}")
     indeg = {n.name: len({i for i in n.inputs if i != INPUT}) for n in spec.nodes}
     consumers: dict[str, list[str]] = {n.name: [] for n in spec.nodes}
     for n in spec.nodes:
@@ -96,6 +96,10 @@ def build_graph(spec: ModelSpec, limits: Limits = Limits()) -> Graph:
             LOSSES[spec.loss]().check_output(dims[spec.output])
         except ValueError as e:
             raise SpecError("model.loss", f"{e} (output node {spec.output!r})") from None
+    activations = sum(dims[n.name] for n in order)
+    if activations > limits.max_activations:
+        raise SpecError("model", f"the nodes' outputs total {activations} values per example, over the limit "
+                                 f"of {limits.max_activations}")
     params, uses = _layout(spec, order, ops, dims)
     total = sum(p.size for p in params)
     if total > limits.max_params:
@@ -149,7 +153,7 @@ def _layout(spec, order, ops, dims) -> tuple[list[ParamInfo], dict[str, dict[str
         where = f"{_where(spec, node)}.share"
         root = by_name.get(node.share)
         if root is None:
-            raise SpecError(where, f"unknown node {node.share!r}")
+            raise SpecError(where, f"unknown node {show(node.share)}")
         if root.share is not None:
             raise SpecError(where, f"{root.name!r} shares parameters itself; name the owner {root.share!r}")
         if root.op != node.op or shapes[root.name] != shapes[node.name]:

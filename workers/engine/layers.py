@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .op import Op
+from .op import Op, has_nan
 
 
 class Linear(Op):
@@ -67,7 +67,9 @@ class Linear(Op):
 class PReLU(Op):
     """out = x if x > 0 else a * x, with a learned slope a per feature (He et al. 2015).
 
-    g_in = g_out * (1 if x > 0 else a);  g_a = sum over the batch of g_out * min(x, 0).
+    g_in = g_out * (1 if x > 0 else a): the slope at x = 0 is a, as for leaky_relu and in
+    PyTorch. g_a = sum over the batch of g_out * min(x, 0), where x > 0 contributes 0 even
+    if g_out is inf (repaired only when a NaN appears). |init| <= 1000 (the spec checks).
     """
 
     param_names = ("alpha",)
@@ -90,14 +92,19 @@ class PReLU(Op):
         return out
 
     def backward(self, g_out, need, into=None):
+        pos = self.ws.get("pos", self.x.shape, np.dtype(bool))
+        np.greater(self.x, 0, out=pos)
         x_neg = self.buf("x_neg", self.x.shape)
         np.minimum(self.x, 0, out=x_neg)
         x_neg *= g_out
         g_alpha = self.grad_dest(into, "alpha", self.alpha.shape)
         np.sum(x_neg, axis=0, out=g_alpha)
+        if has_nan(g_alpha):  # 0 * inf where x > 0: those rows contribute 0
+            np.copyto(x_neg, 0, where=pos)
+            np.sum(x_neg, axis=0, out=g_alpha)
         g_in = None
         if need[0]:
             g_in = self.buf("g_in", self.x.shape)
             np.multiply(g_out, self.alpha, out=g_in)
-            np.copyto(g_in, g_out, where=~self.neg)
+            np.copyto(g_in, g_out, where=pos)
         return [g_in], {"alpha": g_alpha}

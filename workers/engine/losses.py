@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .errors import SpecError
 from .special import expit
 from .workspace import Workspace
 
@@ -48,6 +49,7 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError(f"needs an output of width >= 2 (one logit per class), got {width}")
 
     def loss_and_grad(self, out, y):
+        check_labels(y, out.shape)
         rows = np.arange(out.shape[0])
         g = self.ws.get("g", out.shape, out.dtype)
         np.subtract(out, out.max(axis=1, keepdims=True), out=g)  # shifted logits s
@@ -59,6 +61,23 @@ class SoftmaxCrossEntropy(Loss):
         correct = int(np.count_nonzero(g.argmax(axis=1) == y))
         g[rows, y] -= 1
         return loss, g, correct
+
+
+def check_labels(y: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Integer class labels, one per row, each in [0, classes).
+
+    Without this, numpy's negative indexing would score label -1 as the last class, silently.
+    """
+    n, classes = shape
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise SpecError("y", f"class labels must be integers, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise SpecError("y", f"needs one label per row, shape ({n},), got {y.shape}")
+    if n and (y.min() < 0 or y.max() >= classes):
+        row = int(np.flatnonzero((y < 0) | (y >= classes))[0])
+        raise SpecError("y", f"label {int(y[row])} at row {row} is out of range: the model has "
+                             f"{classes} classes, labels 0..{classes - 1}")
 
 
 class BinaryCrossEntropyWithLogits(Loss):

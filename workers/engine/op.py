@@ -20,6 +20,22 @@ from .workspace import Workspace
 
 Array = np.ndarray
 
+ATTR_BOUND = 1e3
+"""Largest |value| of a numeric op attribute unless the op's `attr_bounds` says otherwise.
+
+Slopes and scales beyond it serve no model and only overflow at run time; the spec
+rejects them (and any NaN or inf) at submit, naming the node and field.
+"""
+
+
+def has_nan(a: Array) -> bool:
+    """Whether `a` holds a NaN: one max reduction (NaN propagates through max), ~3x cheaper than isnan.
+
+    Backward passes use it to detect the rare inf * 0 from a mask and repair only then, so
+    the common path keeps its arithmetic, and its bits, unchanged.
+    """
+    return a.size > 0 and bool(np.isnan(a.max()))
+
 
 class Op:
     """Base class: subclasses set `arity`, `param_names` and implement the four methods."""
@@ -28,6 +44,7 @@ class Op:
     param_names: ClassVar[tuple[str, ...]] = ()
     attr_defaults: ClassVar[dict[str, Any]] = {}
     required_attrs: ClassVar[tuple[str, ...]] = ()
+    attr_bounds: ClassVar[dict[str, float]] = {}  # numeric attribute -> largest |value| (default ATTR_BOUND)
 
     def __init__(self, **attrs: Any) -> None:
         self.attrs = {**self.attr_defaults, **attrs}

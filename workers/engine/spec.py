@@ -17,12 +17,14 @@ Validation names the offending node and field: ``model.nodes[2] (h2).share: ...`
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import SpecError
+from .errors import SpecError, show
 from .losses import ALIASES, LOSSES
+from .op import ATTR_BOUND
 from .registry import OPS, POSITIONAL
 
 INPUT = "x"
@@ -31,12 +33,18 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 
 @dataclass(frozen=True)
 class Limits:
-    """Guards against specs that would exhaust a worker's memory."""
+    """Guards against specs that would exhaust a worker's memory, all checked when the model is built.
 
-    max_nodes: int = 512
-    max_width: int = 16384
-    max_input: int = 1_000_000
-    max_params: int = 100_000_000
+    `max_activations` bounds the values one example keeps for the backward pass (every
+    node's width, summed): parameter-free ops (512 nodes of width 16384) would otherwise
+    need gigabytes per chunk while the parameter budget sees nothing.
+    """
+
+    max_nodes: int = 512  # layers or nodes
+    max_width: int = 16384  # units of a layer, and any node's output width
+    max_input: int = 1_000_000  # input features
+    max_params: int = 100_000_000  # parameters, shared ones counted once
+    max_activations: int = 1 << 20  # sum of all nodes' output widths (values per example)
 
 
 @dataclass(frozen=True)
@@ -82,12 +90,12 @@ class ModelSpec:
             nodes = _dag(d["nodes"], f"{path}.nodes", limits)
             output = d.get("output", nodes[-1].name if nodes else None)
             if output not in {n.name for n in nodes}:
-                raise SpecError(f"{path}.output", f"unknown node {output!r}")
+                raise SpecError(f"{path}.output", f"unknown node {show(output)}")
         loss = d.get("loss")
         if loss is not None:
             loss = ALIASES.get(loss, loss)
             if loss not in LOSSES:
-                raise SpecError(f"{path}.loss", f"unknown loss {d['loss']!r}; choose one of {sorted(LOSSES)}")
+                raise SpecError(f"{path}.loss", f"unknown loss {show(d['loss'])}; choose one of {sorted(LOSSES)}")
         return cls(input=n_in, nodes=tuple(nodes), output=output, loss=loss)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,14 +107,15 @@ class ModelSpec:
 
 
 def _no_unknown(d: Mapping[str, Any], allowed: set[str], path: str) -> None:
-    unknown = sorted(set(d) - allowed)
+    unknown = sorted((str(k) for k in set(d) - allowed))
     if unknown:
-        raise SpecError(f"{path}.{unknown[0]}", f"unknown field; allowed: {sorted(allowed)}")
+        key = unknown[0] if len(unknown[0]) <= 64 else show(unknown[0])
+        raise SpecError(f"{path}.{key}", f"unknown field; allowed: {sorted(allowed)}")
 
 
 def _positive_int(v: Any, path: str, limit: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise SpecError(path, f"must be a positive integer, got {v!r}")
+        raise SpecError(path, f"must be a positive integer, got {show(v)}")
     if v > limit:
         raise SpecError(path, f"{v} exceeds the limit of {limit}")
     return v
@@ -130,7 +139,7 @@ def _sequential(layers: Any, path: str, limits: Limits) -> list[NodeSpec]:
                 if key in attrs:
                     raise SpecError(f"{where}.{key}", "only for the DAG form ('nodes')")
         else:
-            raise SpecError(where, f"must be a string like 'linear 64' or a mapping, got {layer!r}")
+            raise SpecError(where, f"must be a string like 'linear 64' or a mapping, got {show(layer)}")
         name = f"{op}{i}"
         nodes.append(_node(name, op, (prev,), attrs, None, where, limits))
         prev = name
@@ -140,16 +149,16 @@ def _sequential(layers: Any, path: str, limits: Limits) -> list[NodeSpec]:
 def _shorthand(text: str, where: str) -> tuple[str, dict[str, Any]]:
     parts = text.split()
     if not parts or len(parts) > 2:
-        raise SpecError(where, f"expected 'op' or 'op argument', got {text!r}")
+        raise SpecError(where, f"expected 'op' or 'op argument', got {show(text)}")
     op = parts[0]
     if len(parts) == 1:
         return op, {}
     if op not in POSITIONAL:
-        raise SpecError(where, f"op {op!r} takes no argument in the shorthand, got {text!r}")
+        raise SpecError(where, f"op {show(op)} takes no argument in the shorthand, got {show(text)}")
     try:
         value: Any = int(parts[1]) if POSITIONAL[op] == "units" else float(parts[1])
     except ValueError:
-        raise SpecError(where, f"cannot read {POSITIONAL[op]} from {parts[1]!r}") from None
+        raise SpecError(where, f"cannot read {POSITIONAL[op]} from {show(parts[1])}") from None
     return op, {POSITIONAL[op]: value}
 
 
@@ -162,10 +171,10 @@ def _dag(raw: Any, path: str, limits: Limits) -> list[NodeSpec]:
     for i, d in enumerate(raw):
         where = f"{path}[{i}]"
         if not isinstance(d, Mapping):
-            raise SpecError(where, f"must be a mapping, got {d!r}")
+            raise SpecError(where, f"must be a mapping, got {show(d)}")
         name = d.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise SpecError(f"{where}.name", f"must be an identifier-like string, got {name!r}")
+            raise SpecError(f"{where}.name", f"must be an identifier-like string, got {show(name)}")
         where = f"{where} ({name})"
         if name in seen:
             hint = " ('x' is the input)" if name == INPUT else ""
@@ -177,7 +186,7 @@ def _dag(raw: Any, path: str, limits: Limits) -> list[NodeSpec]:
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
-            raise SpecError(f"{where}.inputs", f"must be a non-empty list of node names, got {inputs!r}")
+            raise SpecError(f"{where}.inputs", f"must be a non-empty list of node names, got {show(inputs)}")
         attrs = {k: v for k, v in d.items() if k not in ("name", "op", "inputs", "share")}
         nodes.append(_node(name, d["op"], tuple(inputs), attrs, d.get("share"), where, limits))
     return nodes
@@ -186,7 +195,7 @@ def _dag(raw: Any, path: str, limits: Limits) -> list[NodeSpec]:
 def _node(name: str, op: Any, inputs: tuple[str, ...], attrs: dict[str, Any], share: Any,
           where: str, limits: Limits) -> NodeSpec:
     if op not in OPS:
-        raise SpecError(f"{where}.op", f"unknown op {op!r}; choose one of {sorted(OPS)}")
+        raise SpecError(f"{where}.op", f"unknown op {show(op)}; choose one of {sorted(OPS)}")
     cls = OPS[op]
     allowed = set(cls.attr_defaults) | set(cls.required_attrs)
     _no_unknown(attrs, allowed, where)
@@ -200,19 +209,34 @@ def _node(name: str, op: Any, inputs: tuple[str, ...], attrs: dict[str, Any], sh
     if cls.arity is not None and len(inputs) != cls.arity:
         raise SpecError(f"{where}.inputs", f"op {op!r} takes {cls.arity} input(s), got {len(inputs)}")
     if share is not None and not isinstance(share, str):
-        raise SpecError(f"{where}.share", f"must name a node, got {share!r}")
+        raise SpecError(f"{where}.share", f"must name a node, got {show(share)}")
     return NodeSpec(name=name, op=op, inputs=inputs, attrs=dict(attrs), share=share)
 
 
 def _check_attr(op: str, key: str, value: Any, where: str, limits: Limits) -> None:
+    """Types and ranges, so that nothing accepted here can only fail at run time.
+
+    Numeric attributes must be finite and within the op's bound (`Op.attr_bounds`, else
+    `ATTR_BOUND`): ``pow`` exponent 1e308 or ``leaky_relu`` alpha inf would overflow every
+    step. Column indices stop at the widest value a node can have.
+    """
     if key in ("units", "start", "stop"):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "units" else 0):
             kind = "positive" if key == "units" else "non-negative"
-            raise SpecError(where, f"must be a {kind} integer, got {value!r}")
+            raise SpecError(where, f"must be a {kind} integer, got {show(value)}")
         if key == "units" and value > limits.max_width:
             raise SpecError(where, f"width {value} exceeds the limit of {limits.max_width}")
+        widest = max(limits.max_input, limits.max_width)
+        if value > widest:
+            raise SpecError(where, f"{value} exceeds the widest possible input, {widest}")
     elif key == "bias":
         if not isinstance(value, bool):
-            raise SpecError(where, f"must be true or false, got {value!r}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise SpecError(where, f"must be a number, got {value!r}")
+            raise SpecError(where, f"must be true or false, got {show(value)}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(where, f"must be a number, got {show(value)}")
+    else:
+        bound = OPS[op].attr_bounds.get(key, ATTR_BOUND)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(where, f"must be a finite number, got {value!r}")
+        if abs(value) > bound:
+            raise SpecError(where, f"{show(value)} is out of range: |{key}| <= {bound:g} for op {op!r}")
