@@ -318,6 +318,9 @@ def test_limits_on_width_and_parameters_are_enforced():
     {"input": 4, "layers": ["relu"], "loss": "l" * 1_000_000},
     {"input": 4, "loss": "mse", "nodes": [_node("h", "relu", ["y" * 1_000_000])]},
     {"input": 4, "loss": "mse", "nodes": [{"name": "h", "op": "relu", "inputs": ["x"], "k" * 1_000_000: 1}]},
+    {"input": 10**5000, "layers": ["relu"], "loss": "mse"},
+    {"input": 4, "layers": ["linear 2", {"op": "linear", "units": 10**5000}], "loss": "mse"},
+    {"input": 4, "layers": [{"op": "pow", "exponent": 10**5000}], "loss": "mse"},
 ])
 def test_errors_never_echo_a_huge_client_string(spec):
     with pytest.raises(SpecError) as info:

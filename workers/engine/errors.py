@@ -25,5 +25,8 @@ def show(value: object, n: int = SHOW_CHARS) -> str:
 
     A spec can carry a string or structure of any size; an error must never echo it whole.
     """
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits refuses to become a string
+        return f"an integer of {value.bit_length()} bits" if isinstance(value, int) else type(value).__name__
     return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"

@@ -117,6 +117,8 @@ def gradcheck(spec: ModelSpec | Mapping[str, Any], seed: int = 0, n: int = 4, h:
               max_per_tensor: int = 20, X: np.ndarray | None = None, y: np.ndarray | None = None,
               theta: np.ndarray | None = None, tol: float = 1e-6) -> GradcheckReport:
     """Compare backprop with finite differences on up to `max_per_tensor` coordinates per tensor."""
+    if not 0 < tol < 1 or not 0 < h < 1:
+        raise ValueError(f"tol and h must lie in (0, 1), got tol={tol!r}, h={h!r}")
     model = Model(spec, dtype=np.float64)
     if model.loss_fn is None:
         raise SpecError("model.loss", "gradcheck differentiates the loss: the spec needs one")

@@ -117,7 +117,7 @@ def _positive_int(v: Any, path: str, limit: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise SpecError(path, f"must be a positive integer, got {show(v)}")
     if v > limit:
-        raise SpecError(path, f"{v} exceeds the limit of {limit}")
+        raise SpecError(path, f"{show(v)} exceeds the limit of {limit}")
     return v
 
 
@@ -225,10 +225,10 @@ def _check_attr(op: str, key: str, value: Any, where: str, limits: Limits) -> No
             kind = "positive" if key == "units" else "non-negative"
             raise SpecError(where, f"must be a {kind} integer, got {show(value)}")
         if key == "units" and value > limits.max_width:
-            raise SpecError(where, f"width {value} exceeds the limit of {limits.max_width}")
+            raise SpecError(where, f"width {show(value)} exceeds the limit of {limits.max_width}")
         widest = max(limits.max_input, limits.max_width)
         if value > widest:
-            raise SpecError(where, f"{value} exceeds the widest possible input, {widest}")
+            raise SpecError(where, f"{show(value)} exceeds the widest possible input, {widest}")
     elif key == "bias":
         if not isinstance(value, bool):
             raise SpecError(where, f"must be true or false, got {show(value)}")
