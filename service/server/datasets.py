@@ -1,40 +1,71 @@
 """Uploaded datasets, and checking a job's dataset against its model before accepting it.
 
-Over the API a file dataset is named by the id (sha256) of an upload, never by a path on
-the server: `resolve_job` swaps the id for the stored file's path and rejects anything
-else, so clients cannot make the server read arbitrary files.
+Over the API a file dataset is named by the id of an upload, never by a path on the
+server: `resolve_job` swaps the id for the stored file's path and rejects anything else,
+so clients cannot make the server read arbitrary files.
+
+An upload is the header, the file's bytes, then an end marker carrying their count. It is
+written to a temp file and published (renamed into place, then registered) only once the
+marker arrived, every count agrees and the file parsed within the limits: a client that
+stops or dies mid-stream leaves nothing behind.
+
+A dataset's id is the sha256 of its bytes for an npz, and for a csv a sha256 of the bytes'
+hash and the parse options (label, header, task, delimiter): the same bytes read another
+way are another dataset. Ids stored before options counted (the bare sha256 of a csv)
+keep working, with the options stored beside them.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
+import json
 import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from service.config import TrainConfig
 from service.store.base import DatasetNotFound, JobStore
 from service.trainer import check_compatible
-from workers.data import load_dataset
+from workers.data import MAX_FILE_BYTES, PARAM_SCHEMAS, Dataset, DatasetSpec, check_limits, load_dataset
+from workers.data import SpecError as DataSpecError
 from workers.engine import SpecError
 
 from .config import Limits
 
 log = logging.getLogger(__name__)
 FILE_SOURCES = ("npz", "csv")
+CSV_OPTIONS = ("label", "header", "task", "delimiter")
+MAX_FILENAME_CHARS = 255
+PARTIAL_PREFIX = ".upload-"
 
 
 class TooLarge(Exception):
     """A request over a configured limit (RESOURCE_EXHAUSTED)."""
 
 
+@dataclass(frozen=True)
+class UploadEnd:
+    """The end-of-stream marker: the number of bytes the client says it sent."""
+
+    size_bytes: int
+
+
 class DatasetRegistry:
     def __init__(self, store: JobStore, root: Path, limits: Limits) -> None:
         self.store, self.root, self.limits = store, Path(root), limits
         self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_partial_uploads()
+
+    def _remove_partial_uploads(self) -> None:
+        """Temp files of uploads a killed server never finished (a running one removes its own)."""
+        stale = list(self.root.glob(f"{PARTIAL_PREFIX}*"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d partial upload(s) left by an earlier server", len(stale))
 
     # --- jobs -------------------------------------------------------------------------
     def resolve_job(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +86,7 @@ class DatasetRegistry:
         return {**spec, "dataset": {**ds, "params": params}}
 
     def check_fits(self, config: TrainConfig) -> None:
-        """Model vs dataset shape and the server's size limits, without loading any data."""
+        """Model vs dataset shape and every size limit the data would hit at load, without loading any."""
         model = config.build_model()
         if model.num_params > self.limits.max_params:
             raise TooLarge(f"model: {model.num_params} parameters exceed the server's limit of "
@@ -63,6 +94,7 @@ class DatasetRegistry:
         n, n_features, task, n_outputs = self.describe(config)
         if n > self.limits.max_examples:
             raise TooLarge(f"dataset.params.n: {n} examples exceed the server's limit of {self.limits.max_examples}")
+        check_limits(config.dataset, max_examples=self.limits.max_examples)  # d, n x d, ...: SpecError
         check_compatible(model, n_features, task, n_outputs, config.dataset.name)
 
     def describe(self, config: TrainConfig) -> tuple[int, int, str, int]:
@@ -86,44 +118,130 @@ class DatasetRegistry:
         return self.root / f"{info['id']}.{info['format']}"
 
     # --- uploads ------------------------------------------------------------------------
-    def upload(self, header: dict[str, Any], chunks: Iterator[bytes]) -> dict[str, Any]:
-        """Stream to a temp file while hashing; parse it as the engine will; then publish it."""
-        fmt = header.get("format")
-        if fmt not in FILE_SOURCES:
-            raise SpecError("header.format", f"must be one of {list(FILE_SOURCES)}, got {fmt!r}")
-        if header.get("size_bytes", 0) > self.limits.max_upload_bytes:
-            raise TooLarge(f"dataset of {header['size_bytes']} bytes exceeds the limit of "
-                           f"{self.limits.max_upload_bytes}")
-        digest, size = hashlib.sha256(), 0
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-")
+    def upload(self, header: dict[str, Any], parts: Iterator[bytes | UploadEnd]) -> dict[str, Any]:
+        """Receive to a temp file while hashing; check the counts; parse it as the engine will;
+        then publish it. `parts` is the file's bytes, then one UploadEnd."""
+        fmt, options, declared, filename = self._check_header(header)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=PARTIAL_PREFIX)
         try:
             with os.fdopen(fd, "wb") as f:
-                for data in chunks:
-                    size += len(data)
-                    if size > self.limits.max_upload_bytes:
-                        raise TooLarge(f"upload exceeds the limit of {self.limits.max_upload_bytes} bytes")
-                    digest.update(data)
-                    f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            options = _csv_options(header) if fmt == "csv" else {}
-            train, _ = load_dataset({"name": fmt, "params": {"path": tmp, **options}},
-                                    max_examples=self.limits.max_examples)
-            info = {"id": digest.hexdigest(), "format": fmt, "n": train.n, "n_features": train.n_features,
+                sha, size = self._receive(parts, f, declared)
+            dataset_id = _dataset_id(sha, fmt, options)
+            known = self._known(dataset_id, fmt)
+            if known is not None:
+                return known
+            train = self._parse(tmp, fmt, options, filename)
+            info = {"id": dataset_id, "sha256": sha, "format": fmt, "n": train.n, "n_features": train.n_features,
                     "task": train.task, "n_classes": train.n_classes or 0, "n_outputs": train.n_outputs,
-                    "size_bytes": size, "filename": header.get("filename", ""), "options": options,
-                    "created": time.time()}
+                    "size_bytes": size, "filename": filename, "options": options, "created": time.time()}
             os.replace(tmp, self.path_of(info))
+            _fsync_dir(self.root)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         log.info("stored dataset %s (%s, %d examples)", info["id"][:12], fmt, info["n"])
         return self.store.add_dataset(info)
 
+    def _check_header(self, header: dict[str, Any]) -> tuple[str, dict[str, Any], int, str]:
+        """(format, canonical csv options, declared size or 0, file name), or the field at fault."""
+        fmt = header.get("format")
+        if fmt not in FILE_SOURCES:
+            raise SpecError("header.format", f"must be one of {list(FILE_SOURCES)}, got {_clip(fmt)}")
+        declared = header.get("size_bytes") or 0
+        if declared < 0:
+            raise SpecError("header.size_bytes", f"must be >= 0 (0: not given), got {declared}")
+        if declared > self.limits.max_upload_bytes:
+            raise TooLarge(f"header.size_bytes: a dataset of {declared} bytes exceeds the limit of "
+                           f"{self.limits.max_upload_bytes}")
+        filename = header.get("filename") or ""
+        if len(filename) > MAX_FILENAME_CHARS:
+            raise SpecError("header.filename", f"must be at most {MAX_FILENAME_CHARS} characters, got {len(filename)}")
+        return fmt, upload_options(fmt, header), declared, filename
 
-def _csv_options(header: dict[str, Any]) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for key in ("label", "header", "task", "delimiter"):
-        if header.get(key) not in (None, ""):
-            opts[key] = header[key]
-    return copy.deepcopy(opts)
+    def _receive(self, parts: Iterator[bytes | UploadEnd], f: BinaryIO, declared: int) -> tuple[str, int]:
+        """Write the bytes to `f`; (sha256 hex, size) once the end marker came and every count agrees."""
+        digest, size, end = hashlib.sha256(), 0, None
+        limit = self.limits.max_upload_bytes
+        for part in parts:
+            if end is not None:
+                raise SpecError("chunk", "nothing may follow the end marker")
+            if isinstance(part, UploadEnd):
+                end = part
+                continue
+            size += len(part)
+            if size > limit:
+                raise TooLarge(f"upload exceeds the limit of {limit} bytes")
+            if declared and size > declared:
+                raise SpecError("header.size_bytes", f"declares {declared} bytes but more arrived; nothing was stored")
+            digest.update(part)
+            f.write(part)
+        if end is None:
+            raise SpecError("end", f"the upload stopped after {size} bytes without its end marker (did the client "
+                                   f"stop early?); nothing was stored")
+        if end.size_bytes != size:
+            raise SpecError("end.size_bytes", f"says {end.size_bytes} bytes were sent but {size} arrived; "
+                                              f"nothing was stored")
+        if declared and declared != size:
+            raise SpecError("header.size_bytes", f"declares {declared} bytes but {size} arrived; nothing was stored")
+        f.flush()
+        os.fsync(f.fileno())
+        return digest.hexdigest(), size
+
+    def _known(self, dataset_id: str, fmt: str) -> dict[str, Any] | None:
+        """The stored dataset with this id (same bytes, same options), if its file is in place."""
+        try:
+            info = self.store.get_dataset(dataset_id)
+        except DatasetNotFound:
+            return None
+        if info["format"] != fmt:
+            raise SpecError("header.format", f"these bytes are stored as dataset {dataset_id}, a {info['format']} file")
+        return info if self.path_of(info).is_file() else None
+
+    def _parse(self, tmp: str, fmt: str, options: dict[str, Any], filename: str) -> Dataset:
+        """The dataset as the engine will load it; errors name the upload's file name, not the temp path."""
+        try:
+            train, _ = load_dataset({"name": fmt, "params": {"path": tmp, **options}},
+                                    max_examples=self.limits.max_examples,
+                                    max_file_bytes=min(self.limits.max_upload_bytes, MAX_FILE_BYTES))
+        except DataSpecError as e:
+            raise SpecError(e.field, e.message.replace(tmp, _clip(filename or "the upload"))) from None
+        return train
+
+
+def upload_options(fmt: str, header: dict[str, Any]) -> dict[str, Any]:
+    """The csv options given, validated, without the ones equal to their defaults: the canonical
+    form the dataset's id is derived from. An npz upload takes none."""
+    given = {key: header[key] for key in CSV_OPTIONS if header.get(key) not in (None, "")}
+    if fmt != "csv":
+        if given:
+            raise SpecError(f"header.{next(iter(given))}", f"is a csv option; a {fmt} upload takes none")
+        return {}
+    try:
+        params = DatasetSpec("csv", {"path": "upload", **given}).params
+    except DataSpecError as e:
+        raise SpecError(f"header.{e.local_field.removeprefix('params.')}", e.message) from None
+    schema = PARAM_SCHEMAS["csv"]
+    return {key: params[key] for key in CSV_OPTIONS if params[key] != schema[key][1]}
+
+
+def _dataset_id(sha: str, fmt: str, options: dict[str, Any]) -> str:
+    """npz: the bytes' sha256; csv: a sha256 of it and the options, so each way of reading them is its own."""
+    if fmt != "csv":
+        return sha
+    identity = json.dumps({"format": fmt, "options": options, "sha256": sha}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable before the store records the file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _clip(value: Any, limit: int = 64) -> str:
+    """A client's string for an error message, never all of it."""
+    text = str(value)
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")

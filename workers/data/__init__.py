@@ -11,7 +11,8 @@ npz, csv (user files). See ``PARAM_SCHEMAS`` for each source's params/defaults.
 
 from .dataset import CLASSIFICATION, REGRESSION, Dataset, train_val_split
 from .files import from_arrays
-from .loader import LOADERS, MAX_EXAMPLES, MAX_FEATURES, load_dataset
+from .limits import MAX_FILE_BYTES, MAX_VALUES, DataLimits
+from .loader import LOADERS, MAX_EXAMPLES, MAX_FEATURES, check_limits, load_dataset
 from .spec import MAX_CLASSES, PARAM_SCHEMAS, DatasetSpec, SpecError
 
 __all__ = [
@@ -21,11 +22,15 @@ __all__ = [
     "DatasetSpec",
     "SpecError",
     "load_dataset",
+    "check_limits",
+    "DataLimits",
     "train_val_split",
     "from_arrays",
     "LOADERS",
     "PARAM_SCHEMAS",
     "MAX_EXAMPLES",
     "MAX_FEATURES",
+    "MAX_VALUES",
+    "MAX_FILE_BYTES",
     "MAX_CLASSES",
 ]

@@ -2,26 +2,38 @@
 
 Files come from users, so every problem is reported as a ``SpecError`` on
 ``params.path`` (or ``params.label``) naming the file plus the array key or the
-line and column at fault. Nothing here ever unpickles.
+line and column at fault. Nothing here ever unpickles, and nothing is read past
+the limits: an .npz is sized from its directory and headers before it is inflated
+(see ``archive``), a CSV row by row as it streams in blocks.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from .archive import ArchiveError, read_npz
 from .dataset import CLASSIFICATION, REGRESSION, Dataset
-from .spec import MAX_CLASSES, SpecError
+from .limits import DataLimits
+from .spec import MAX_CLASSES, MAX_NAME_CHARS, SpecError
 
 __all__ = ["npz", "csv_file", "resolve_path", "from_arrays"]
 
 _INT_TEXT = re.compile(r"\s*[+-]?\d+\s*")
+MAX_CELL_CHARS = 100
+"""Longest CSV value (a float64 needs 24 characters): each bounds the text arrays a block parses into."""
+MAX_LINE_CHARS = 1 << 22
+"""Longest CSV line (100k features of 40 characters): bounds what one row may cost before it is checked."""
+BLOCK_CELLS = 1 << 16
+"""CSV values converted at a time: the text of a whole file is never held at once."""
 
 
 class _Bad(ValueError):
@@ -97,49 +109,44 @@ def from_arrays(X: np.ndarray, y: np.ndarray, dtype: np.dtype, name: str, task: 
 # --------------------------------------------------------------------------- npz
 
 
-def _npz_array(archive: Any, key: str) -> np.ndarray:
-    if key not in archive.files:
-        raise _Bad(f"missing array '{key}'; found: {', '.join(archive.files) or '(none)'}")
-    try:
-        return archive[key]
-    except ValueError as exc:  # allow_pickle=False refuses object arrays
-        raise _Bad(f"array '{key}' is an object array, which is rejected (loading it would unpickle): {exc}") from None
-
-
-def npz(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None) -> Dataset:
-    """``np.savez`` archive with arrays ``X`` and ``y``; pickles are never loaded."""
+def npz(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,
+        limits: DataLimits | None = None) -> Dataset:
+    """``np.savez`` archive with arrays ``X`` and ``y``; pickles are never loaded, bombs never inflated."""
     path = resolve_path(params["path"], data_dir)
+    limits = limits or DataLimits()
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise _Bad("expected an .npz archive with arrays 'X' and 'y', got a single .npy array")
-        with archive:
-            return from_arrays(_npz_array(archive, "X"), _npz_array(archive, "y"), dtype, "npz")
-    except _Bad as exc:
+        X, y = read_npz(path, ("X", "y"), limits.max_file_bytes)
+        return from_arrays(X, y, dtype, "npz")
+    except (_Bad, ArchiveError) as exc:
         raise SpecError("params.path", f"{path}: {exc}") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise SpecError("params.path", f"{path}: not a readable .npz file ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
+        raise SpecError("params.path", f"{path}: not a readable .npz file ({str(exc)[:200]})") from None
 
 
 # --------------------------------------------------------------------------- csv
 
 
-def _read_rows(path: Path, delimiter: str) -> tuple[list[list[str]], list[int]]:
-    """Non-blank rows and their 1-based line numbers (for error messages)."""
-    rows: list[list[str]] = []
-    lines: list[int] = []
+def _lines(fh: IO[str]) -> Iterator[str]:
+    """The file's lines, refusing one longer than MAX_LINE_CHARS before csv splits it."""
+    number = 0
+    while line := fh.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise _Bad(f"line {number}: longer than {MAX_LINE_CHARS} characters")
+        yield line
+
+
+def _rows(fh: IO[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank rows, cells stripped, with their 1-based line numbers (for error messages)."""
+    reader = csv.reader(_lines(fh), delimiter=delimiter)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh, delimiter=delimiter)
-            for row in reader:
-                if any(cell.strip() for cell in row):
-                    rows.append([cell.strip() for cell in row])
-                    lines.append(reader.line_num)
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                yield reader.line_num, [cell.strip() for cell in row]
     except UnicodeDecodeError as exc:
         raise _Bad(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
         raise _Bad(f"line {reader.line_num}: malformed CSV ({exc})") from None
-    return rows, lines
 
 
 def _is_number(text: str) -> bool:
@@ -162,7 +169,8 @@ def _label_index(label: int | str | None, names: Sequence[str] | None, ncol: int
             raise SpecError("params.label",
                             f"{label!r} is a column name but the file has no header; use a column index")
         if label not in names:
-            raise SpecError("params.label", f"no column named {label!r}; columns: {', '.join(names)}")
+            shown = ", ".join(names[:20]) + (f", ... ({len(names)} columns)" if len(names) > 20 else "")
+            raise SpecError("params.label", f"no column named {label!r}; columns: {shown}")
         return list(names).index(label)
     if not -ncol <= label < ncol:
         raise SpecError("params.label", f"column index {label} is out of range for {ncol} columns")
@@ -188,50 +196,111 @@ def _parse(cells: np.ndarray, lines: list[int], names: Sequence[str] | None) -> 
     return out
 
 
-def _csv_labels(values: np.ndarray, cells: np.ndarray, lines: list[int], column: str) -> np.ndarray:
-    """Class labels must be integers in [0, MAX_CLASSES); report the first offending line."""
+def _bad_label(values: np.ndarray, text: np.ndarray, lines: list[int], column: str) -> str | None:
+    """Why the first value that is not a class label (an integer in [0, MAX_CLASSES)) is not; None if all are."""
     ok = (values == np.floor(values)) & (values >= 0) & (values < MAX_CLASSES)
-    if not ok.all():
-        i = int(np.flatnonzero(~ok)[0])
-        raise _Bad(f"line {lines[i]}, {column}: class label must be an integer in [0, {MAX_CLASSES}), got {cells[i]!r}")
-    return values.astype(np.int64)
+    if ok.all():
+        return None
+    i = int(np.flatnonzero(~ok)[0])
+    return f"line {lines[i]}, {column}: class label must be an integer in [0, {MAX_CLASSES}), got {str(text[i])!r}"
 
 
-def _load_csv(path: Path, params: Mapping[str, Any], dtype: np.dtype) -> Dataset:
-    rows, lines = _read_rows(path, params["delimiter"])
-    if not rows:
-        raise _Bad("file is empty")
-    header = params["header"]
-    if header is None:  # auto: a header is a first row with any non-numeric cell
-        header = not all(_is_number(cell) for cell in rows[0])
-    names = rows[0] if header else None
-    data, lines = (rows[1:], lines[1:]) if header else (rows, lines)
-    ncol = len(rows[0])
-    if not data:
+class _Table:
+    """A CSV's numbers, taken a block at a time: X in the target dtype, the label column as float64."""
+
+    def __init__(self, names: list[str] | None, ncol: int, label: int, dtype: np.dtype, limits: DataLimits) -> None:
+        self.names, self.ncol, self.label, self.dtype, self.limits = names, ncol, label, dtype, limits
+        self.features = [j for j in range(ncol) if j != label]
+        self.xs: list[np.ndarray] = []
+        self.ys: list[np.ndarray] = []
+        self.n = 0
+        self.int_labels = True  # every label cell is integer text (auto task: classification)
+        self.bad_label: str | None = None  # the first cell that cannot be a class label
+
+    def add(self, block: list[tuple[int, list[str]]]) -> None:
+        lines = [line for line, _ in block]
+        for line, row in block:
+            if len(row) != self.ncol:
+                raise _Bad(f"line {line}: expected {self.ncol} columns, found {len(row)}")
+            longest = max(row, key=len)
+            if len(longest) > MAX_CELL_CHARS:
+                j = row.index(longest)
+                raise _Bad(f"line {line}, {_column(j, self.names)}: a value of {len(longest)} characters; "
+                           f"numbers have at most {MAX_CELL_CHARS}")
+        self.n += len(block)
+        if self.n > self.limits.max_examples:
+            raise _Bad(f"more than {self.limits.max_examples} examples (max_examples)")
+        if self.n * self.ncol > self.limits.max_values:
+            raise _Bad(f"more than {self.limits.max_values} values, rows x columns (max_values)")
+        cells = np.array([row for _, row in block], dtype=str)
+        values = _parse(cells, lines, self.names)
+        text = cells[:, self.label]
+        self.int_labels = self.int_labels and all(_INT_TEXT.fullmatch(s) for s in text)
+        if self.bad_label is None:
+            self.bad_label = _bad_label(values[:, self.label], text, lines, _column(self.label, self.names))
+        with np.errstate(over="ignore"):  # float32 overflow becomes inf, reported by from_arrays
+            self.xs.append(values[:, self.features].astype(self.dtype))
+        self.ys.append(values[:, self.label])
+
+    def dataset(self, task: str | None) -> Dataset:
+        """The examples read so far; ``task`` None: classification iff every label is integer text."""
+        task = task or (CLASSIFICATION if self.int_labels else REGRESSION)
+        y = np.concatenate(self.ys)
+        if task == CLASSIFICATION:
+            if self.bad_label is not None:
+                raise _Bad(self.bad_label)
+            y = y.astype(np.int64)
+        return from_arrays(np.concatenate(self.xs), y, self.dtype, "csv", task)
+
+
+def _blocks(rows: Iterator[tuple[int, list[str]]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
+    block: list[tuple[int, list[str]]] = []
+    for row in rows:
+        block.append(row)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _load_csv(path: Path, params: Mapping[str, Any], dtype: np.dtype, limits: DataLimits) -> Dataset:
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise _Bad(f"{size} bytes, over the limit of {limits.max_file_bytes} (max_file_bytes)")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = _rows(fh, params["delimiter"])
+        first = next(rows, None)
+        if first is None:
+            raise _Bad("file is empty")
+        header = params["header"]
+        if header is None:  # auto: a header is a first row with any non-numeric cell
+            header = not all(_is_number(cell) for cell in first[1])
+        ncol = len(first[1])
+        if ncol - 1 > limits.max_features:
+            raise _Bad(f"{ncol - 1} features exceeds max_features={limits.max_features}")
+        names = first[1] if header else None
+        if names is not None and max(len(name) for name in names) > MAX_NAME_CHARS:
+            raise _Bad(f"line {first[0]}: a column name is longer than {MAX_NAME_CHARS} characters")
+        data = rows if header else itertools.chain([first], rows)
+        table: _Table | None = None
+        for block in _blocks(data, max(1, BLOCK_CELLS // ncol)):
+            if table is None:
+                if ncol < 2:
+                    raise _Bad(f"need at least 2 columns (features and a label), found {ncol}")
+                table = _Table(names, ncol, _label_index(params["label"], names, ncol), dtype, limits)
+            table.add(block)
+    if table is None:
         raise _Bad("no data rows")
-    if ncol < 2:
-        raise _Bad(f"need at least 2 columns (features and a label), found {ncol}")
-    for row, line in zip(data, lines):
-        if len(row) != ncol:
-            raise _Bad(f"line {line}: expected {ncol} columns, found {len(row)}")
-    label = _label_index(params["label"], names, ncol)
-    cells = np.array(data, dtype=str)
-    values = _parse(cells, lines, names)
-    X = values[:, [j for j in range(ncol) if j != label]]
-    task = params["task"]
-    if task is None:
-        task = CLASSIFICATION if all(_INT_TEXT.fullmatch(s) for s in cells[:, label]) else REGRESSION
-    y = values[:, label]
-    if task == CLASSIFICATION:
-        y = _csv_labels(y, cells[:, label], lines, _column(label, names))
-    return from_arrays(X, y, dtype, "csv", task)
+    return table.dataset(params["task"])
 
 
-def csv_file(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None) -> Dataset:
+def csv_file(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,
+             limits: DataLimits | None = None) -> Dataset:
     """Delimited numeric text: one example per line, one column holding the label/target."""
     path = resolve_path(params["path"], data_dir)
     try:
-        return _load_csv(path, params, dtype)
+        return _load_csv(path, params, dtype, limits or DataLimits())
     except _Bad as exc:
         raise SpecError("params.path", f"{path}: {exc}") from None
     except OSError as exc:

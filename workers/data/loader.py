@@ -11,16 +11,12 @@ import numpy as np
 
 from . import files, synthetic
 from .dataset import Dataset, as_float_dtype, train_val_split
+from .limits import MAX_EXAMPLES, MAX_FEATURES, MAX_FILE_BYTES, MAX_VALUES, DataLimits
 from .spec import PARAM_SCHEMAS, DatasetSpec, SpecError
 
-__all__ = ["MAX_EXAMPLES", "MAX_FEATURES", "LOADERS", "load_dataset"]
+__all__ = ["MAX_EXAMPLES", "MAX_FEATURES", "MAX_VALUES", "MAX_FILE_BYTES", "LOADERS", "check_limits", "load_dataset"]
 
-MAX_EXAMPLES = 1_000_000
-"""Default cap on examples; guards coordinator and workers against typos like n=10**9."""
-MAX_FEATURES = 100_000
-"""Default cap on features per example."""
-
-Loader = Callable[[Mapping[str, Any], np.dtype, Path | None], Dataset]
+Loader = Callable[[Mapping[str, Any], np.dtype, Path | None, DataLimits], Dataset]
 LOADERS: dict[str, Loader] = {
     "digits": synthetic.digits,
     "teacher": synthetic.teacher,
@@ -33,20 +29,54 @@ LOADERS: dict[str, Loader] = {
 assert LOADERS.keys() == PARAM_SCHEMAS.keys(), "every spec name needs a loader"
 
 
-def _check_requested(params: Mapping[str, Any], max_examples: int, max_features: int) -> None:
-    """Reject oversized synthetic requests before allocating anything."""
-    for key, limit, what in (("n", max_examples, "max_examples"), ("d", max_features, "max_features")):
+def _limits(max_examples: int | None, max_features: int | None, max_values: int | None,
+            max_file_bytes: int | None) -> DataLimits:
+    """The given limits, the rest from this module's constants (read at call time)."""
+    def pick(value: int | None, default: int) -> int:
+        return default if value is None else value
+
+    return DataLimits(pick(max_examples, MAX_EXAMPLES), pick(max_features, MAX_FEATURES),
+                      pick(max_values, MAX_VALUES), pick(max_file_bytes, MAX_FILE_BYTES))
+
+
+def check_limits(
+    spec: DatasetSpec | Mapping[str, Any],
+    *,
+    max_examples: int | None = None,
+    max_features: int | None = None,
+    max_values: int | None = None,
+) -> None:
+    """Reject a synthetic source too big to build, from its params alone (nothing is generated).
+
+    Files are checked as they are read (see ``files``); the service also checks an uploaded
+    file's recorded size. Limits default to this module's constants.
+    """
+    if not isinstance(spec, DatasetSpec):
+        spec = DatasetSpec.from_dict(spec)
+    _check_requested(spec, _limits(max_examples, max_features, max_values, None))
+
+
+def _check_requested(spec: DatasetSpec, limits: DataLimits) -> None:
+    params = spec.params
+    for key, limit, what in (("n", limits.max_examples, "max_examples"), ("d", limits.max_features, "max_features")):
         if key in params and params[key] > limit:
             raise SpecError(f"params.{key}", f"must be <= {limit} ({what}), got {params[key]}")
+    if spec.name in synthetic.SIZES:
+        size, formula = synthetic.SIZES[spec.name]
+        values = size(params)
+        if values > limits.max_values:
+            shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed")
+            raise SpecError("params", f"{spec.name} with {shown} builds {values} values ({formula}), over "
+                                      f"the limit of {limits.max_values} (max_values)")
 
 
-def _check_loaded(spec: DatasetSpec, ds: Dataset, max_examples: int, max_features: int) -> None:
+def _check_loaded(spec: DatasetSpec, ds: Dataset, limits: DataLimits) -> None:
     field = "params.path" if "path" in spec.params else "name"
     source = spec.params.get("path", spec.name)
-    if ds.n > max_examples:
-        raise SpecError(field, f"{source}: {ds.n} examples exceeds max_examples={max_examples}")
-    if ds.n_features > max_features:
-        raise SpecError(field, f"{source}: {ds.n_features} features exceeds max_features={max_features}")
+    if ds.n > limits.max_examples:
+        raise SpecError(field, f"{source}: {ds.n} examples exceeds max_examples={limits.max_examples}")
+    if ds.n_features > limits.max_features:
+        raise SpecError(field, f"{source}: {ds.n_features} features exceeds max_features={limits.max_features}")
 
 
 def load_dataset(
@@ -56,22 +86,25 @@ def load_dataset(
     *,
     max_examples: int | None = None,
     max_features: int | None = None,
+    max_values: int | None = None,
+    max_file_bytes: int | None = None,
 ) -> tuple[Dataset, Dataset | None]:
     """Build the dataset and its seeded split; ``validation`` is None when val_fraction is 0.
 
     Deterministic: the same spec yields bitwise-identical arrays on every call
-    and every worker. Limits default to the module-level ``MAX_EXAMPLES`` /
-    ``MAX_FEATURES`` (read at call time). Raises ``SpecError`` for bad specs,
-    unreadable files and oversized data; ``ValueError`` for an unsupported dtype.
+    and every worker. Limits default to the module-level ``MAX_EXAMPLES``,
+    ``MAX_FEATURES``, ``MAX_VALUES`` and ``MAX_FILE_BYTES`` (read at call time); a
+    synthetic source is checked before it is built, a file while it is read. Raises
+    ``SpecError`` for bad specs, unreadable files and oversized data; ``ValueError``
+    for an unsupported dtype.
     """
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.from_dict(spec)
     dt = as_float_dtype(dtype)
-    max_ex = MAX_EXAMPLES if max_examples is None else max_examples
-    max_feat = MAX_FEATURES if max_features is None else max_features
-    _check_requested(spec.params, max_ex, max_feat)
-    ds = LOADERS[spec.name](spec.params, dt, Path(data_dir) if data_dir is not None else None)
-    _check_loaded(spec, ds, max_ex, max_feat)
+    limits = _limits(max_examples, max_features, max_values, max_file_bytes)
+    _check_requested(spec, limits)
+    ds = LOADERS[spec.name](spec.params, dt, Path(data_dir) if data_dir is not None else None, limits)
+    _check_loaded(spec, ds, limits)
     try:
         return train_val_split(ds, spec.val_fraction, spec.seed)
     except ValueError as exc:

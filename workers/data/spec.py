@@ -17,12 +17,16 @@ import numpy as np
 
 from workers.engine.errors import SpecError as EngineSpecError
 
-__all__ = ["SpecError", "DatasetSpec", "PARAM_SCHEMAS", "MAX_CLASSES", "MAX_HIDDEN"]
+__all__ = ["SpecError", "DatasetSpec", "PARAM_SCHEMAS", "MAX_CLASSES", "MAX_HIDDEN", "MAX_NAME_CHARS"]
 
 MAX_CLASSES = 100_000
 """Upper bound on class counts, so a stray huge label cannot size a giant output layer."""
 MAX_HIDDEN = 4096
 """Upper bound on the teacher's hidden width (its weights are d x hidden)."""
+MAX_NAME_CHARS = 256
+"""Upper bound on a CSV column name (and so on a label given by name)."""
+MAX_SCALE = 1e6
+"""Upper bound on noise and spread: larger ones would only swamp the data (or overflow float32)."""
 
 
 class SpecError(EngineSpecError):
@@ -73,10 +77,12 @@ _seed = _int_range(0, what="a non-negative integer")
 _classes = _int_range(2, MAX_CLASSES)
 
 
-def _non_negative_float(v: Any) -> float:
+def _scale(v: Any) -> float:
     ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
     if not ok or not math.isfinite(v) or v < 0:
         raise _Invalid(f"must be a finite number >= 0, got {_show(v)}")
+    if v > MAX_SCALE:
+        raise _Invalid(f"must be at most {MAX_SCALE:g}, got {_show(v)}")
     return float(v)
 
 
@@ -93,9 +99,10 @@ def _label(v: Any) -> int | str | None:
         return None
     if _is_int(v):
         return int(v)
-    if isinstance(v, str) and v:
+    if isinstance(v, str) and 0 < len(v) <= MAX_NAME_CHARS:
         return v
-    raise _Invalid(f"must be a column name or integer index, got {_show(v)}")
+    raise _Invalid(f"must be a column name or integer index (names: 1 to {MAX_NAME_CHARS} characters), "
+                   f"got {_show(v)}")
 
 
 def _header(v: Any) -> bool | None:
@@ -134,21 +141,21 @@ PARAM_SCHEMAS: dict[str, dict[str, tuple[Validator, Any]]] = {
     "spirals": {
         "n": (_positive_int, 3000),
         "classes": (_classes, 3),
-        "noise": (_non_negative_float, 0.05),
+        "noise": (_scale, 0.05),
         "seed": (_seed, None),
     },
     "blobs": {
         "n": (_positive_int, 3000),
         "d": (_positive_int, 2),
         "classes": (_classes, 3),
-        "spread": (_non_negative_float, 1.0),
+        "spread": (_scale, 1.0),
         "seed": (_seed, None),
     },
     "regression": {
         "n": (_positive_int, 4096),
         "d": (_positive_int, 16),
-        "outputs": (_positive_int, 1),
-        "noise": (_non_negative_float, 0.1),
+        "outputs": (_int_range(1, MAX_CLASSES), 1),
+        "noise": (_scale, 0.1),
         "seed": (_seed, None),
     },
     "npz": {"path": (_path, _REQUIRED)},

@@ -3,12 +3,16 @@
 Each generator draws from independent child streams of ``SeedSequence(seed)``
 (e.g. one for the "true" function, one for the samples), so changing ``n``
 keeps the same underlying problem and the first rows stay the same.
+
+Their size follows from their params alone: ``SIZES`` counts the values each one
+builds, so ``load_dataset`` and the service check it before generating anything
+(the loaders take ``limits`` only to share the file loaders' signature).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from .dataset import CLASSIFICATION, REGRESSION, Dataset
+from .limits import DataLimits
 
-__all__ = ["digits", "teacher", "spirals", "blobs", "regression"]
+__all__ = ["digits", "teacher", "spirals", "blobs", "regression", "SIZES"]
 
 TEACHER_CHUNK = 2048
 """Rows per teacher chunk (fixed: chunking is part of the seed -> data mapping)."""
@@ -32,7 +37,8 @@ def _as(X: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(X, dtype=dtype)
 
 
-def digits(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None) -> Dataset:
+def digits(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,
+           limits: DataLimits | None = None) -> Dataset:
     """scikit-learn's bundled 8x8 digits (offline), pixels scaled from [0, 16] to [0, 1]."""
     from sklearn.datasets import load_digits  # deferred: importing sklearn costs ~1 s
 
@@ -65,7 +71,8 @@ def _standard_normal_f32(n: int, d: int, seed_seq: np.random.SeedSequence) -> np
     return X
 
 
-def teacher(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None) -> Dataset:
+def teacher(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,
+            limits: DataLimits | None = None) -> Dataset:
     """Gaussian inputs labelled by a random tanh MLP: a learnable problem of any size.
 
     X is drawn as float32 (fast, and identical values for both output dtypes);
@@ -86,7 +93,8 @@ def teacher(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = 
     return Dataset(_as(X, dtype), y, CLASSIFICATION, k, "teacher")
 
 
-def spirals(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None) -> Dataset:
+def spirals(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,
+            limits: DataLimits | None = None) -> Dataset:
     """``classes`` interleaved 2-D spiral arms (radius 0..1) plus Gaussian noise: non-linear toy task."""
     n, k, noise = params["n"], params["classes"], params["noise"]
     trng, nrng = _streams(params["seed"], 2)
@@ -97,7 +105,8 @@ def spirals(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = 
     return Dataset(_as(X, dtype), y, CLASSIFICATION, k, "spirals")
 
 
-def blobs(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None) -> Dataset:
+def blobs(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,
+          limits: DataLimits | None = None) -> Dataset:
     """Balanced isotropic Gaussian clusters with centres uniform in [-5, 5]^d; std ``spread``."""
     n, d, k, spread = params["n"], params["d"], params["classes"], params["spread"]
     crng, xrng = _streams(params["seed"], 2)
@@ -107,7 +116,8 @@ def blobs(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = No
     return Dataset(_as(X, dtype), y, CLASSIFICATION, k, "blobs")
 
 
-def regression(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None) -> Dataset:
+def regression(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,
+               limits: DataLimits | None = None) -> Dataset:
     """Linear targets ``y = X @ w + noise * eps`` with w ~ N(0, 1/d), so Var(signal) ~ 1."""
     n, d, k, noise = params["n"], params["d"], params["outputs"], params["noise"]
     wrng, xrng, erng = _streams(params["seed"], 3)
@@ -115,3 +125,16 @@ def regression(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None
     X = xrng.standard_normal((n, d), dtype=np.float32)
     Y = X @ w + noise * erng.standard_normal((n, k))
     return Dataset(_as(X, dtype), _as(Y, dtype), REGRESSION, None, "regression")
+
+
+Size = Callable[[Mapping[str, Any]], int]
+SIZES: dict[str, tuple[Size, str]] = {
+    "digits": (lambda p: 1797 * 65, "1797 x 65"),
+    "teacher": (lambda p: p["n"] * p["d"] + p["d"] * p["hidden"] + p["hidden"] * p["classes"],
+                "n*d + d*hidden + hidden*classes"),
+    "spirals": (lambda p: p["n"] * 3, "3*n"),
+    "blobs": (lambda p: p["n"] * p["d"] + p["classes"] * p["d"], "n*d + classes*d"),
+    "regression": (lambda p: p["n"] * p["d"] + p["d"] * p["outputs"] + 2 * p["n"] * p["outputs"],
+                   "n*d + d*outputs + 2*n*outputs"),
+}
+"""Values each generator builds (inputs, targets and its own weights), and the formula, for errors."""
