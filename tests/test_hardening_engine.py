@@ -246,6 +246,16 @@ def test_gradcheck_fails_a_wrong_gradient_even_at_a_kink(monkeypatch, broken):
     assert "wrong gradient" in report.lines()[-1]
 
 
+def test_gradcheck_refuses_a_meaningless_tolerance(tmp_path):
+    spec = {"input": 3, "layers": ["linear 2"], "loss": "mse"}
+    for tol in (0.0, -1.0, float("nan"), 2.0):
+        with pytest.raises(ValueError, match="tol"):
+            gradcheck(spec, tol=tol)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    assert main(["gradcheck", str(path), "--tol", "0"]) == 2
+
+
 def test_gradcheck_command_exit_codes(tmp_path, capsys):
     cases = {"log": ({"input": 3, "layers": ["linear 4", "log", "linear 2"], "loss": "mse"}, 1, "FAILED"),
              "ok": ({"model": {"input": 3, "layers": ["linear 4", "tanh", "linear 2"], "loss": "mse"}}, 0, "ok:"),

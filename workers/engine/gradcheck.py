@@ -140,17 +140,17 @@ def gradcheck(spec: ModelSpec | Mapping[str, Any], seed: int = 0, n: int = 4, h:
         scale = abs(loss0) if math.isfinite(loss0) else 0.0
         floor = NOISE_MARGIN * EPS * (1 + scale) / h / tol
         probe = _Prober(h, tol, floor, loss0)
-        tensors: list[tuple[str, tuple[int, ...], list[Probe]]] = []
+        tensors: list[tuple[str, list[Probe]]] = []
         for p in model.params:
             idx = rng.choice(p.size, size=min(p.size, max_per_tensor), replace=False)
             probes = [probe(f"{p.name}{_index(j, p.shape)}", lambda t: loss_at(t, X), theta, p.offset + j,
                             float(grad[p.offset + j])) for j in idx]
-            tensors.append((p.name, p.shape, probes))
+            tensors.append((p.name, probes))
         flat_x = X.ravel()
         idx = rng.choice(flat_x.size, size=min(flat_x.size, max_per_tensor), replace=False)
         probes = [probe(f"input{_index(j, X.shape)}", lambda v: loss_at(theta, v.reshape(X.shape)), flat_x, j,
                         float(g_x.ravel()[j])) for j in idx]
-        tensors.append(("input", X.shape, probes))
+        tensors.append(("input", probes))
     return _report(tensors, tol, loss0)
 
 
@@ -195,13 +195,14 @@ class _Shifted:
         return self.cache[k]
 
 
-def _report(tensors: list[tuple[str, tuple[int, ...], list[Probe]]], tol: float, loss: float) -> GradcheckReport:
-    all_probes = [p for _, _, probes in tensors for p in probes]
+def _report(tensors: list[tuple[str, list[Probe]]], tol: float, loss: float) -> GradcheckReport:
+    """Sort the probes: NaN or inf, kinks, and the smooth ones whose worst error is the verdict."""
+    all_probes = [p for _, probes in tensors for p in probes]
     nonfinite = [p for p in all_probes if not p.finite]
     kinks = [p for p in all_probes if p.finite and p.kink]
     smooth = [p for p in all_probes if p.finite and not p.kink]
     per_tensor = {}
-    for name, _, probes in tensors:
+    for name, probes in tensors:
         errs = [math.inf if not p.finite else p.error for p in probes if not p.kink]
         per_tensor[name] = max(errs, default=0.0)
     worst = nonfinite[0] if nonfinite else max(smooth, key=lambda p: p.error, default=None)
