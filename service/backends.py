@@ -6,6 +6,7 @@ in-process loop is the reference that any number of Ray workers must match bit f
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Protocol
 
@@ -68,7 +69,9 @@ class RayBackend:
     (unless `$DPTRAIN_SHM=0`); workers elsewhere use the object store."""
 
     def __init__(self, model_spec, dtype, X, y, X_val, y_val, seed, workers: int, cpus: float,
-                 timeout_s: float, budget_s: float) -> None:
+                 timeout_s: float, budget_s: float, cancel: threading.Event | None = None) -> None:
+        """`cancel`: once set, any wait of the pool (workers starting, a step's results)
+        raises `service.pool.Cancelled` within a fraction of a second."""
         import ray
 
         from service.runtime import ensure_ray
@@ -84,7 +87,7 @@ class RayBackend:
                 log.warning("shared memory unavailable (%s); using the object store", e)
         try:
             self.pool = WorkerPool((model_spec, dtype, *refs, seed, cpus), workers, cpus, timeout_s, budget_s,
-                                   shm=host, channels=mode == "channel")
+                                   shm=host, channels=mode == "channel", cancel=cancel)
         except BaseException:
             if host is not None:
                 host.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -77,7 +78,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, backend: str = "ray", state: TrainState | None = None,
                  on_step: Callable[[StepMetrics], None] | None = None,
                  on_weights: Callable[[int, int, np.ndarray], None] | None = None,
-                 data: tuple[Dataset, Dataset | None] | None = None) -> None:
+                 data: tuple[Dataset, Dataset | None] | None = None,
+                 cancel: threading.Event | None = None) -> None:
+        """`cancel` (Ray backend): once set, a wait for workers or results raises
+        `service.pool.Cancelled` within a fraction of a second, in this constructor too."""
         self.config = config
         self.model = config.build_model()
         self.train, self.val = data or load_dataset(config.dataset, dtype=config.dtype)
@@ -103,7 +107,8 @@ class Trainer:
             self.backend: Backend = LocalBackend(*args)
         elif backend == "ray":
             self.backend = RayBackend(*args, workers=config.workers, cpus=config.cpus_per_worker,
-                                      timeout_s=config.worker_timeout_s, budget_s=config.recovery_budget_s)
+                                      timeout_s=config.worker_timeout_s, budget_s=config.recovery_budget_s,
+                                      cancel=cancel)
         else:
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         # From here on the weights live where the backend publishes them (for same-node Ray
@@ -198,11 +203,11 @@ class Trainer:
         m = StepMetrics(step=s.step, epoch=epoch, loss=total.loss / size,
                         accuracy=total.correct / size if self.train.task == "classification" else None,
                         grad_norm=grad_norm, lr=lr, batch=size, samples_per_s=size / elapsed, step_s=elapsed,
-                        version=s.version, workers=self._timings(outcomes),
-                        failures=self.backend.failures - failures0)
+                        version=s.version, workers=self._timings(outcomes))
         every = self.config.val_every
         if self.val is not None and ((every and s.step % every == 0) or self.done):
             m.val_loss, m.val_accuracy = self.evaluate()
+        m.failures = self.backend.failures - failures0  # the validation pass's recoveries too
         if self.on_step:
             self.on_step(m)
         return m
