@@ -29,18 +29,27 @@ def cold(ray_session):
     WARM.drain()
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def worker_pids() -> set[int]:
-    """Processes of shard-worker actors on this machine (Ray titles them by class and method)."""
+    """Processes of this test session's shard-worker actors (Ray titles them by class and
+    method; they are children of our Ray's raylet, itself a child of this process). Other
+    sessions' workers on the machine are never touched."""
     pids = set()
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    title = f.read().split(b"\0", 1)[0]
-            except OSError:
-                continue
-            if title.startswith(b"ray::ShardWorkerProcess"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if not f.read().startswith(b"ray::ShardWorkerProcess"):
+                    continue
+            if _parent(_parent(int(entry))) == os.getpid():
                 pids.add(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
     return pids
 
 
