@@ -5,8 +5,9 @@
 #   worker       a Ray worker node joining $RAY_HEAD_ADDRESS with $RAY_WORKER_CPUS CPUs
 #   coordinator  a zero-CPU Ray node joining $RAY_HEAD_ADDRESS, then `dptrain serve` on it
 #
-# Ray's token auth: RAY_AUTH_MODE=token (the default here) needs RAY_AUTH_TOKEN, the same
-# in every container of the cluster; RAY_AUTH_MODE=disabled turns it off.
+# Ray's token authentication is always on: every Ray node listens on all the container's
+# interfaces, and anyone who reaches an unauthenticated Ray port can run code in the cluster.
+# RAY_AUTH_TOKEN (or a file in RAY_AUTH_TOKEN_PATH) must be the same in every container.
 set -eu
 
 role="${1:-coordinator}"
@@ -19,18 +20,17 @@ esac
 for v in DPTRAIN_TOKEN DPTRAIN_TLS_CERT DPTRAIN_TLS_KEY DPTRAIN_TLS_CA DPTRAIN_METRICS_PORT RAY_AUTH_TOKEN_PATH; do
   eval "[ -n \"\${$v:-}\" ] || unset $v"
 done
-: "${RAY_AUTH_MODE:=token}"
-export RAY_AUTH_MODE
-case "$RAY_AUTH_MODE" in
-  token)
-    if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ -z "${RAY_AUTH_TOKEN_PATH:-}" ]; then
-      echo "dptrain: RAY_AUTH_MODE=token needs RAY_AUTH_TOKEN (the same value for every container)," \
-           "e.g. RAY_AUTH_TOKEN=\$(openssl rand -hex 32); or set RAY_AUTH_MODE=disabled" >&2
-      exit 64
-    fi ;;
-  disabled) unset RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH 2>/dev/null || true ;;
-  *) echo "dptrain: RAY_AUTH_MODE must be 'token' or 'disabled', got '$RAY_AUTH_MODE'" >&2; exit 64 ;;
-esac
+if [ "${RAY_AUTH_MODE:-token}" != token ]; then
+  echo "dptrain: RAY_AUTH_MODE must be 'token' (or unset): Ray's token authentication cannot be" \
+       "turned off in this image" >&2
+  exit 64
+fi
+export RAY_AUTH_MODE=token
+if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ -z "${RAY_AUTH_TOKEN_PATH:-}" ]; then
+  echo "dptrain: Ray's token authentication needs RAY_AUTH_TOKEN (the same value for every container)," \
+       "e.g. RAY_AUTH_TOKEN=\$(openssl rand -hex 32)" >&2
+  exit 64
+fi
 export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
 
 head_address="${RAY_HEAD_ADDRESS:-ray-head:6379}"
@@ -73,13 +73,16 @@ case "$role" in
   coordinator)
     wait_for_head
     # A zero-CPU node: the coordinator's driver runs here, training actors never do.
-    ray start --address="$head_address" --num-cpus=0 "$@" >/tmp/ray-start.log 2>&1 \
-      || { cat /tmp/ray-start.log >&2; exit 70; }
+    start_log="${TMPDIR:-/tmp}/ray-start.log"
+    ray start --address="$head_address" --num-cpus=0 "$@" >"$start_log" 2>&1 \
+      || { cat "$start_log" >&2; exit 70; }
     if [ -z "${DPTRAIN_TOKEN:-}" ]; then
       echo "dptrain: DPTRAIN_TOKEN is not set: the server generates a bearer token and prints it below" >&2
     fi
     export DPTRAIN_RAY_ADDRESS="${DPTRAIN_RAY_ADDRESS:-auto}"
+    # All the container's interfaces: Docker publishes the ports on the host's loopback
+    # (DPTRAIN_BIND, DPTRAIN_METRICS_BIND); a container-loopback port could not be published.
     exec dptrain serve --host "${DPTRAIN_HOST:-0.0.0.0}" --port "${DPTRAIN_PORT:-50051}" \
-      --metrics-port "${DPTRAIN_METRICS_PORT:-9100}"
+      --metrics-port "${DPTRAIN_METRICS_PORT:-9100}" --metrics-host "${DPTRAIN_METRICS_HOST:-0.0.0.0}"
     ;;
 esac

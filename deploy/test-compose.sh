@@ -13,7 +13,6 @@
 #
 # Environment:
 #   PYTHON                 the project's Python on the host (default: python3)
-#   RAY_AUTH_MODE          token (default) or disabled: Ray's auth mode in the stack
 #   DEBIAN_MIRROR          for debootstrap (default http://deb.debian.org/debian)
 #   DPTRAIN_EXTRA_CA_DIR   CA certificates (*.crt) for the image build (default
 #                          /usr/local/share/ca-certificates: for networks that re-sign TLS)
@@ -26,7 +25,6 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 CA_DIR="${DPTRAIN_EXTRA_CA_DIR:-/usr/local/share/ca-certificates}"
 
@@ -98,7 +96,8 @@ log "baseline: ip_forward=$(cat /proc/sys/net/ipv4/ip_forward), iptables rules v
 
 # Only this script's settings reach compose and the CLI.
 unset DPTRAIN_BIND DPTRAIN_METRICS_BIND DPTRAIN_MAX_RUNNING_JOBS DPTRAIN_TLS_DIR DPTRAIN_TLS_CA \
-  DPTRAIN_TLS_CA_IN_CONTAINER DPTRAIN_NETWORK DPTRAIN_ADDRESS RAY_HEAD_CPUS RAY_HEAD_ADDRESS RAY_ADDRESS
+  DPTRAIN_TLS_CA_IN_CONTAINER DPTRAIN_NETWORK DPTRAIN_ADDRESS RAY_HEAD_CPUS RAY_HEAD_ADDRESS RAY_ADDRESS \
+  RAY_AUTH_MODE RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
 export DOCKER_HOST="unix://$WORK/docker/docker.sock"
 export DOCKER_CONFIG="$WORK/docker/client"
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
@@ -276,6 +275,15 @@ phase_end build
 
 # --- up --------------------------------------------------------------------------------------
 phase_begin up
+# Ray's token authentication cannot be left out or turned off.
+refused() {  # ROLE ENV...: the entrypoint must exit 64 (configuration error) before starting Ray
+  local role="$1" rc=0; shift
+  timeout 60 "$DOCKER" run --rm --network none "$@" "$DPTRAIN_IMAGE" "$role" >"$WORK/refused.log" 2>&1 || rc=$?
+  [ "$rc" = 64 ] || { cat "$WORK/refused.log"; die "$role with $* started (exit $rc), want exit 64"; }
+}
+refused head
+refused head -e RAY_AUTH_MODE=disabled -e RAY_AUTH_TOKEN=some-token
+log "containers refuse to start without Ray's token or with its auth disabled"
 DPTRAIN_TOKEN="$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))')"
 RAY_AUTH_TOKEN="$("$PYTHON" -c 'import secrets; print(secrets.token_hex(32))')"
 DPTRAIN_PORT="$("$PYTHON" "$HERE/compose_helper.py" free-port)"
@@ -318,15 +326,13 @@ if timeout 30 env -u DPTRAIN_TOKEN "${CLI[@]}" jobs --address "$ADDRESS" >"$WORK
   die "the server answered without a bearer token"
 fi
 grep -q UNAUTHENTICATED "$WORK/no-token.log" || { cat "$WORK/no-token.log"; die "no UNAUTHENTICATED without a token"; }
-if [ "$RAY_AUTH_MODE" = token ]; then
-  # The cluster turns away a client with the wrong token.
-  if timeout 60 "$DOCKER" exec -e RAY_AUTH_TOKEN=not-the-token "$head" ray health-check --address ray-head:6379 \
-       >"$WORK/wrong-token.log" 2>&1; then
-    cat "$WORK/wrong-token.log"; die "Ray accepted a wrong auth token"
-  fi
-  grep -qiE 'auth|token' "$WORK/wrong-token.log" || { cat "$WORK/wrong-token.log"; die "no auth error from Ray"; }
-  log "Ray rejected a wrong token: $(grep -m1 -oiE '[a-z]*(auth|token)[^.]*' "$WORK/wrong-token.log" | head -c 120)"
+# The cluster turns away a client with the wrong token.
+if timeout 60 "$DOCKER" exec -e RAY_AUTH_TOKEN=not-the-token "$head" ray health-check --address ray-head:6379 \
+     >"$WORK/wrong-token.log" 2>&1; then
+  cat "$WORK/wrong-token.log"; die "Ray accepted a wrong auth token"
 fi
+grep -qiE 'auth|token' "$WORK/wrong-token.log" || { cat "$WORK/wrong-token.log"; die "no auth error from Ray"; }
+log "Ray rejected a wrong token: $(grep -m1 -oiE '[a-z]*(auth|token)[^.]*' "$WORK/wrong-token.log" | head -c 120)"
 phase_end up
 
 # --- job 1: the example, with the CLI over the published port -----------------------------------

@@ -7,8 +7,14 @@
 Each node is its own `ray start --block` process (own raylet, own ports), started in its
 own session so that `down` can stop it and everything it spawned by process group. The
 PIDs live in a state file; `ray stop` is never used, since it kills every Ray process on
-the machine. Ray's token authentication is set explicitly (RAY_AUTH_MODE, RAY_AUTH_TOKEN)
-for every process started here: a joining node does not read ~/.ray/auth_token.
+the machine.
+
+Ray's token authentication is always on: its nodes listen on every interface of the
+machine (Ray keeps a loopback node address only in its single-host mode, which refuses
+more nodes), so anyone who can reach the machine could otherwise run code in the cluster.
+One random token, in a file only the owner can read (`<state dir>/ray_auth_token`), is set
+explicitly (RAY_AUTH_MODE, RAY_AUTH_TOKEN) for every process started here: a joining node
+does not read ~/.ray/auth_token.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -52,7 +59,6 @@ class Proc:
 class ClusterState:
     ray_address: str
     grpc_address: str
-    auth_mode: str
     nodes: list[Proc] = field(default_factory=list)
     coordinator: Proc | None = None
     started: float = field(default_factory=time.time)
@@ -60,6 +66,7 @@ class ClusterState:
     @classmethod
     def load(cls, path: Path) -> "ClusterState":
         d = json.loads(path.read_text())
+        d.pop("auth_mode", None)  # written by older versions, when Ray's auth could be turned off
         d["nodes"] = [Proc(**n) for n in d["nodes"]]
         d["coordinator"] = Proc(**d["coordinator"]) if d["coordinator"] else None
         return cls(**d)
@@ -80,7 +87,6 @@ class ClusterConfig:
     cpus_per_node: int = 1
     ray_port: int = 6390
     grpc_port: int = 50051
-    auth_mode: str = "token"  # or "disabled"
     ready_timeout_s: float = 90.0
 
     @property
@@ -88,24 +94,32 @@ class ClusterConfig:
         return self.state_dir / "cluster.json"
 
 
-def ray_env(auth_mode: str, token: str | None) -> dict[str, str]:
-    """The environment every process of the cluster gets, so they all agree on auth."""
-    env = {**os.environ, "RAY_AUTH_MODE": auth_mode, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    if auth_mode == "token":
-        env["RAY_AUTH_TOKEN"] = token or ""
-    else:
-        env.pop("RAY_AUTH_TOKEN", None)
+def ray_env(token: str) -> dict[str, str]:
+    """The environment every process of the cluster gets, so they all require the same token."""
+    if not token:
+        raise ClusterError("Ray's auth token is empty")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
     return env
 
 
-def _token(cfg: ClusterConfig) -> str | None:
-    if cfg.auth_mode != "token":
-        return None
-    path = cfg.state_dir / "ray_auth_token"
-    if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+def cluster_token(state_dir: Path) -> str:
+    """The cluster's Ray token, made once in a file only the owner can read: created with
+    that mode (never readable by others, not even for a moment), and refused if someone
+    else's or readable by others (planted in a shared directory, or widened later)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = state_dir / "ray_auth_token"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise ClusterError(f"{path}: not a file of yours that only you can read (mode "
+                               f"{st.st_mode & 0o777:o}); delete it, and a new token is made") from None
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
     return path.read_text().strip()
 
 
@@ -162,16 +176,15 @@ def _ray_ready(p: Proc) -> bool:
 
 def up(cfg: ClusterConfig) -> ClusterState:
     """Start the head, then the other nodes side by side, then the coordinator."""
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    token = cluster_token(cfg.state_dir)
     if cfg.state_file.exists():
         old = ClusterState.load(cfg.state_file)
         if any(p.alive() for p in old.procs()):
             raise ClusterError(f"a cluster from {cfg.state_file} is running; `dptrain cluster down` first")
     logs = cfg.state_dir / "logs"
     logs.mkdir(exist_ok=True)
-    env = ray_env(cfg.auth_mode, _token(cfg))
-    state = ClusterState(ray_address=f"127.0.0.1:{cfg.ray_port}", grpc_address=f"127.0.0.1:{cfg.grpc_port}",
-                         auth_mode=cfg.auth_mode)
+    env = ray_env(token)
+    state = ClusterState(ray_address=f"127.0.0.1:{cfg.ray_port}", grpc_address=f"127.0.0.1:{cfg.grpc_port}")
     try:
         state.nodes.append(_spawn("node0-head", [_ray_bin(), *_node_args(cfg, 0)], env, logs))
         state.save(cfg.state_file)

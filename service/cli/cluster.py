@@ -16,7 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--cpus-per-node", type=int, default=1)
     up.add_argument("--port", type=int, default=50051, help="the coordinator's gRPC port")
     up.add_argument("--ray-port", type=int, default=6390)
-    up.add_argument("--auth", choices=("token", "disabled"), default="token", help="Ray's authentication mode")
     up.set_defaults(func=run_up)
     for name, func, text in (("down", run_down, "stop what `up` started"), ("status", run_status, "show it")):
         c = cmds.add_parser(name, help=text)
@@ -30,9 +29,9 @@ def run_up(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     state = up(ClusterConfig(state_dir=args.state_dir, nodes=args.nodes, cpus_per_node=args.cpus_per_node,
-                             ray_port=args.ray_port, grpc_port=args.port, auth_mode=args.auth))
+                             ray_port=args.ray_port, grpc_port=args.port))
     print(f"cluster up in {time.monotonic() - t0:.1f}s: {len(state.nodes)} Ray nodes at {state.ray_address} "
-          f"(auth {state.auth_mode})")
+          f"(token auth; the token is in {args.state_dir / 'ray_auth_token'})")
     print(f"coordinator listening on {state.grpc_address}")
     return 0
 
@@ -54,5 +53,5 @@ def run_status(args: argparse.Namespace) -> int:
         return 1
     for p in state.procs():
         print(f"{p.name:12s} pid {p.pid:7d}  {'up' if p.alive() else 'DOWN'}  log {p.log}")
-    print(f"ray {state.ray_address}  grpc {state.grpc_address}  auth {state.auth_mode}")
+    print(f"ray {state.ray_address} (token auth)  grpc {state.grpc_address}")
     return 0 if all(p.alive() for p in state.procs()) else 1
