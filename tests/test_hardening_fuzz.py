@@ -29,11 +29,13 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -87,7 +89,7 @@ def served(tmp_path_factory):
     served = Served(proc, f"127.0.0.1:{port}", log)
     try:
         with Client(served.address) as c:
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 180  # Ray starts slowly on a busy machine
             while not c.healthy(timeout=1):
                 assert proc.poll() is None, f"server exited:\n{_tail(log)}"
                 assert time.monotonic() < deadline, "server did not come up"
@@ -256,6 +258,53 @@ class Run:
             return None
         return self.cancel(job_id)
 
+    def race(self, spec: dict[str, Any], rounds: int = 10) -> None:
+        """Calls about one job at the same moment from 8 threads (cancel three times, resume,
+        get, watch, stream weights, list, predict): every answer is OK or a refusal, none hangs."""
+        inputs = convert.to_tensor("inputs", np.zeros((2, spec["model"]["input"]), np.float32))
+        stub, md = self.client.stub, self.client.metadata
+
+        def first(stream: Any) -> None:
+            next(iter(stream), None)
+            stream.cancel()
+
+        for r in range(rounds):
+            job_id = self.client.submit(spec, name=f"race-{r}").id
+            self.accepted_ids.append(job_id)
+            calls = {
+                "CancelJob#1": lambda: stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
+                "CancelJob#2": lambda: stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
+                "CancelJob#3": lambda: stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
+                "ResumeJob": lambda: stub.ResumeJob(pb.ResumeJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
+                "GetJob": lambda: stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
+                "WatchJob": lambda: first(stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=CALL_TIMEOUT,
+                                                        metadata=md)),
+                "StreamWeights": lambda: first(stub.StreamWeights(pb.StreamWeightsRequest(job_id=job_id),
+                                                                  timeout=CALL_TIMEOUT, metadata=md)),
+                "ListJobs": lambda: stub.ListJobs(pb.ListJobsRequest(page_size=5), timeout=CALL_TIMEOUT),
+                "Predict": lambda: stub.Predict(pb.PredictRequest(job_id=job_id, inputs=inputs), timeout=CALL_TIMEOUT),
+            }
+            start = threading.Barrier(len(calls))
+
+            def one(name: str) -> tuple[str, grpc.StatusCode, str]:
+                start.wait()
+                try:
+                    calls[name]()
+                    return name, grpc.StatusCode.OK, ""
+                except grpc.RpcError as e:
+                    return name, e.code(), e.details() or ""
+
+            with ThreadPoolExecutor(len(calls)) as pool:
+                answers = list(pool.map(one, calls))
+            self.sent += len(answers)
+            for name, code, details in answers:
+                if code is not grpc.StatusCode.OK and code not in fz.REFUSALS or len(details) > MAX_DETAILS:
+                    self.fail(_note(f"race: {name} alongside 8 other calls about one new job", name),
+                              f"{code.name} is not an answer", code.name, details)
+            why = self.cancel(job_id)  # a ResumeJob that won the race requeued it
+            if why:
+                self.fail(_note("race: the final CancelJob", "CancelJob"), why)
+
     def stream_ends_with_job(self, job_id: str, within: float = 15.0) -> str | None:
         """Open StreamWeights on the new job, cancel the job: the stream must end soon after."""
         stream = self.client.stub.StreamWeights(pb.StreamWeightsRequest(job_id=job_id), timeout=120)
@@ -407,6 +456,7 @@ def test_a_thousand_hostile_requests_then_a_normal_job(served, tmp_path):
             if i % 50 == 49 and not run.check_alive(case):
                 break
         run.flood_streams()
+        run.race({**BASE, "steps": 1000})
         run.all_cancelled()
         fuzz_s = time.monotonic() - t0
         alive = run.check_alive(_note("after the fuzz"))
