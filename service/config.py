@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from service.optim import OptimizerSpec
+from service.optim import OptimizerSpec, drop_unused
+from service.rpc import bounds
 from workers.data import DatasetSpec
 from workers.engine import Model, ModelSpec, SpecError
 
@@ -38,7 +39,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        """Validate every field; errors name it (``job.batch_size: must be ...``)."""
+        """Validate every field; errors name it (``job.batch_size: must be ...``).
+
+        Numbers are bounded (`service.rpc.bounds`), and a setting that would do nothing
+        (``val_every`` without a validation split, ``momentum`` for adam, ...) is an error.
+        """
         if not isinstance(d, Mapping):
             raise SpecError("job", f"must be a mapping, got {type(d).__name__}")
         names = {f.name for f in fields(cls)} - {"extra"}
@@ -53,31 +58,41 @@ class TrainConfig:
             "dataset": DatasetSpec.from_dict(d["dataset"]),
             "optimizer": OptimizerSpec.from_dict(d["optimizer"]),
         }
-        for name in ("batch_size", "chunk_size", "workers"):
-            if name in d:
-                kw[name] = _int(d[name], f"job.{name}", lo=1)
-        for name in ("epochs", "steps"):
-            if d.get(name) is not None:
-                kw[name] = _int(d[name], f"job.{name}", lo=1)
-        if "steps" in kw and "epochs" not in d:
+        for name, (lo, hi) in _INTS.items():
+            if name in d and not (d[name] is None and name in ("epochs", "steps")):  # None: "not this one"
+                kw[name] = _int(d[name], f"job.{name}", lo, hi)
+        if "steps" in kw and d.get("epochs") is None:  # the run's length is `steps` (to_dict says epochs: None)
             kw["epochs"] = None
-        for name in ("seed", "val_every", "checkpoint_every"):
+        for name, (lo, hi) in _NUMBERS.items():
             if name in d:
-                kw[name] = _int(d[name], f"job.{name}", lo=0)
-        for name in ("cpus_per_worker", "worker_timeout_s", "recovery_budget_s"):
-            if name in d:
-                kw[name] = _positive(d[name], f"job.{name}")
+                kw[name] = _number(d[name], f"job.{name}", lo, hi)
         if "drop_last" in d:
             if not isinstance(d["drop_last"], bool):
                 raise SpecError("job.drop_last", f"must be true or false, got {d['drop_last']!r}")
             kw["drop_last"] = d["drop_last"]
         if "dtype" in d:
             if d["dtype"] not in ("float32", "float64"):
-                raise SpecError("job.dtype", f"must be 'float32' or 'float64', got {d['dtype']!r}")
+                raise SpecError("job.dtype", f"must be 'float32' or 'float64', got {bounds.clip(d['dtype'])}")
             kw["dtype"] = d["dtype"]
         if kw.get("epochs") is None and kw.get("steps") is None and "epochs" in d:
             raise SpecError("job.epochs", "give epochs or steps")
+        if kw.get("val_every") and kw["dataset"].val_fraction == 0:
+            raise SpecError("job.val_every", "the dataset has no validation split: set dataset.val_fraction "
+                                             "> 0, or leave val_every unset")
         return cls(**kw)
+
+    @classmethod
+    def from_stored(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """A config this service stored (`to_dict`), possibly by an older version whose
+        `to_dict` kept every optimizer and schedule field: those the optimizer does not use
+        are dropped here rather than refused (`from_dict` refuses them from clients)."""
+        d = dict(d)
+        if isinstance(d.get("optimizer"), Mapping):
+            d["optimizer"] = drop_unused(d["optimizer"])
+        dataset = d.get("dataset")
+        if isinstance(dataset, Mapping) and not dataset.get("val_fraction") and d.get("val_every"):
+            d["val_every"] = 0
+        return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
@@ -90,13 +105,30 @@ class TrainConfig:
         return Model(self.model, dtype=self.dtype)
 
 
-def _int(v: Any, path: str, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise SpecError(path, f"must be an integer >= {lo}, got {v!r}")
+_INTS: dict[str, tuple[int, int]] = {
+    "batch_size": (1, bounds.BATCH_SIZE),
+    "chunk_size": (1, bounds.BATCH_SIZE),
+    "workers": (1, bounds.WORKERS),
+    "epochs": (1, bounds.EPOCHS),
+    "steps": (1, bounds.STEPS),
+    "seed": (0, bounds.SEED),
+    "val_every": (0, bounds.STEPS),
+    "checkpoint_every": (0, bounds.STEPS),
+}
+_NUMBERS: dict[str, tuple[float, float]] = {
+    "cpus_per_worker": bounds.CPUS_PER_WORKER,
+    "worker_timeout_s": bounds.WORKER_TIMEOUT_S,
+    "recovery_budget_s": bounds.RECOVERY_BUDGET_S,
+}
+
+
+def _int(v: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise SpecError(path, f"must be an integer in [{lo}, {hi}], got {v!r}")
     return v
 
 
-def _positive(v: Any, path: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise SpecError(path, f"must be a positive number, got {v!r}")
+def _number(v: Any, path: str, lo: float, hi: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise SpecError(path, f"must be a number in [{lo:g}, {hi:g}], got {v!r}")
     return float(v)

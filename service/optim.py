@@ -33,18 +33,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from service import tail
 from service.schedules import (
+    USES as SCHEDULE_USES,
+)
+from service.schedules import (
     ScheduleSpec,
     SpecError,
     _check_choice,
     _check_keys,
     _check_number,
+    _check_used,
     _prefixed,
     _set,
     lr_at,
@@ -59,10 +63,22 @@ __all__ = [
     "RMSprop",
     "SGD",
     "SpecError",
+    "USES",
+    "drop_unused",
     "make_optimizer",
 ]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
+USES: dict[str, tuple[str, ...]] = {
+    "sgd": (),
+    "momentum": ("momentum",),
+    "nesterov": ("momentum",),
+    "rmsprop": ("alpha", "eps"),
+    "adam": ("beta1", "beta2", "eps"),
+    "adamw": ("beta1", "beta2", "eps"),
+}
+"""The hyper-parameters each optimizer reads besides ``lr``, ``weight_decay``, ``clip_norm``
+and ``schedule``; any other is refused by :meth:`OptimizerSpec.from_dict`."""
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -83,8 +99,10 @@ def _check_range(name: str, value: Any, lo: float, hi: float, lo_open: bool, hi_
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """Optimizer hyper-parameters (validated on construction; unused ones are ignored,
-    e.g. ``beta1`` for ``sgd``). ``lr`` is the base rate that ``schedule`` scales."""
+    """Optimizer hyper-parameters, validated on construction. ``lr`` is the base rate that
+    ``schedule`` scales. Constructed directly, fields the optimizer does not use (``beta1``
+    for ``sgd``) keep their defaults and are ignored; :meth:`from_dict`, the path of every
+    spec a user writes, refuses them (:data:`USES`)."""
 
     name: str
     lr: float = 0.01
@@ -117,22 +135,24 @@ class OptimizerSpec:
             raise SpecError("schedule.min_lr", f"must be <= lr ({self.lr:g}), got {self.schedule.min_lr:g}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form that `from_dict` reads back (for job records and checkpoints)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "schedule"}
-        if self.name == "sgd":
-            d.pop("momentum")
-        d["schedule"] = {f.name: getattr(self.schedule, f.name) for f in fields(self.schedule)}
+        """Plain-dict form that `from_dict` reads back (for job records): the fields this
+        optimizer and its schedule use, defaults filled in."""
+        common = ("name", "lr", "weight_decay", "clip_norm")
+        d = {k: getattr(self, k) for k in (*common, *USES[self.name])}
+        d["schedule"] = self.schedule.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "optimizer") -> OptimizerSpec:
         """Parse a config mapping; errors name the dotted field path, e.g.
-        ``optimizer.lr: must be > 0, got -1``. Unknown keys are errors."""
+        ``optimizer.lr: must be > 0, got -1``. Unknown keys are errors, and so are keys the
+        named optimizer does not use (``momentum`` for adam): a setting is never ignored."""
         _check_keys(path, d, cls, required=("name",))
-        if d["name"] == "sgd" and d.get("momentum", 0) != 0:
-            # Silently dropping an explicit momentum would be a nasty surprise.
-            hint = "plain 'sgd' has no momentum; use name 'momentum' or 'nesterov'"
+        _check_choice(f"{path}.name", d["name"], OPTIMIZERS)
+        if d["name"] == "sgd" and d.get("momentum") is not None:
+            hint = "plain 'sgd' has no momentum; use name 'momentum' or 'nesterov', or remove it"
             raise SpecError(f"{path}.momentum", hint)
+        _check_used(path, d, "optimizer", USES)
         kwargs = dict(d)
         if "schedule" in kwargs and not isinstance(kwargs["schedule"], ScheduleSpec):
             kwargs["schedule"] = ScheduleSpec.from_dict(kwargs["schedule"], path=f"{path}.schedule")
@@ -144,6 +164,23 @@ class OptimizerSpec:
     def lr_at(self, step: int, total_steps: int) -> float:
         """Scheduled learning rate of update ``step`` (0-based); see :func:`lr_at`."""
         return lr_at(self.schedule, self.lr, step, total_steps)
+
+
+def drop_unused(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` (an optimizer mapping) without the fields its optimizer or schedule does not use.
+
+    For specs stored by older versions, whose ``to_dict`` kept every field: what
+    :meth:`OptimizerSpec.from_dict` refuses from a client is dropped from a record.
+    """
+    out = _only_used(d, USES)
+    if isinstance(out.get("schedule"), Mapping):
+        out["schedule"] = _only_used(out["schedule"], SCHEDULE_USES)
+    return out
+
+
+def _only_used(d: Mapping[str, Any], uses: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
+    unused = {f for fs in uses.values() for f in fs} - set(uses.get(d.get("name"), ()))
+    return {k: v for k, v in d.items() if k not in unused}
 
 
 # --------------------------------------------------------------------------- optimizers

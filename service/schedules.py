@@ -15,7 +15,8 @@ With ``W = warmup_steps`` and base rate ``lr0``:
   - ``cosine``:   ``min_lr + (lr0 - min_lr) * (1 + cos(pi * t / T)) / 2`` with
     ``T = total - W``; held at ``min_lr`` for ``t >= T`` (no restart).
 
-``min_lr`` is used by ``cosine`` only.
+``step_size`` and ``gamma`` are used by ``step`` only, ``total_steps`` and ``min_lr`` by
+``cosine`` only: giving one to another schedule is an error (:data:`USES`), not ignored.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from service.rpc import bounds
 from workers.engine.errors import SpecError
 
-__all__ = ["SCHEDULES", "ScheduleSpec", "SpecError", "lr_at"]
+__all__ = ["SCHEDULES", "ScheduleSpec", "SpecError", "USES", "lr_at"]
 
 SCHEDULES = ("constant", "step", "cosine")
+USES: dict[str, tuple[str, ...]] = {"constant": (), "step": ("step_size", "gamma"), "cosine": ("total_steps", "min_lr")}
+"""The fields each schedule reads besides ``name`` and ``warmup_steps``."""
 
 
 # --------------------------------------------------------------------------- field checks
@@ -48,16 +52,32 @@ def _check_number(field: str, value: Any) -> float:
     return value
 
 
-def _check_int(field: str, value: Any) -> int:
+def _check_int(field: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise SpecError(field, f"must be an integer, got {type(value).__name__} {value!r}")
+    if value < lo or value > hi:
+        raise SpecError(field, f"must be >= {lo}, got {value}" if value < lo else f"must be <= {hi}, got {value}")
     return int(value)
 
 
 def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise SpecError(field, f"must be one of {list(choices)}, got {value!r}")
+        shown = bounds.clip(value) if isinstance(value, str) else repr(value)
+        raise SpecError(field, f"must be one of {list(choices)}, got {shown}")
     return value
+
+
+def _check_used(path: str, d: Mapping[str, Any], kind: str, uses: Mapping[str, tuple[str, ...]]) -> None:
+    """Fields that ``d["name"]`` would not read are errors: a setting must never be ignored.
+
+    ``uses`` maps each name to the fields only it reads; ``None`` counts as unset.
+    """
+    specific = {f for fs in uses.values() for f in fs}
+    for key, value in d.items():
+        if key in specific and value is not None and key not in uses[d["name"]]:
+            users = [n for n, fs in uses.items() if key in fs]
+            raise SpecError(f"{path}.{key}", f"is not used by the {d['name']!r} {kind} (only by "
+                                             f"{', '.join(repr(u) for u in users)}); remove it")
 
 
 def _check_keys(path: str, d: Any, cls: type, required: tuple[str, ...]) -> None:
@@ -102,17 +122,13 @@ class ScheduleSpec:
 
     def __post_init__(self) -> None:
         _set(self, "name", _check_choice("name", self.name, SCHEDULES))
-        _set(self, "warmup_steps", _check_int("warmup_steps", self.warmup_steps))
-        if self.warmup_steps < 0:
-            raise SpecError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _set(self, "step_size", _check_int("step_size", self.step_size))
-        if self.step_size < 1:
-            raise SpecError("step_size", f"must be >= 1, got {self.step_size}")
+        _set(self, "warmup_steps", _check_int("warmup_steps", self.warmup_steps, 0, bounds.STEPS))
+        _set(self, "step_size", _check_int("step_size", self.step_size, 1, bounds.STEPS))
         _set(self, "gamma", _check_number("gamma", self.gamma))
         if not 0.0 < self.gamma <= 1.0:
             raise SpecError("gamma", f"must be in (0, 1], got {self.gamma}")
         if self.total_steps is not None:
-            _set(self, "total_steps", _check_int("total_steps", self.total_steps))
+            _set(self, "total_steps", _check_int("total_steps", self.total_steps, 1, bounds.STEPS))
             if self.total_steps <= self.warmup_steps:
                 raise SpecError(
                     "total_steps",
@@ -124,12 +140,20 @@ class ScheduleSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "schedule") -> ScheduleSpec:
-        """Parse a config mapping; errors name the full dotted field path."""
+        """Parse a config mapping; errors name the full dotted field path. A field the
+        named schedule does not use is an error (see :data:`USES`)."""
         _check_keys(path, d, cls, required=("name",))
+        _check_choice(f"{path}.name", d["name"], SCHEDULES)
+        _check_used(path, d, "schedule", USES)
         try:
             return cls(**d)
         except SpecError as err:
             raise _prefixed(path, err) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields this schedule uses (what `from_dict` accepts back)."""
+        return {"name": self.name, "warmup_steps": self.warmup_steps,
+                **{k: getattr(self, k) for k in USES[self.name]}}
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -76,7 +76,7 @@ def test_lr_at_rejects_bad_arguments(step, total):
 
 
 def test_from_dict_roundtrip_and_number_normalisation():
-    spec = ScheduleSpec.from_dict({"name": "step", "warmup_steps": 3, "step_size": 7, "gamma": 1, "min_lr": 0})
+    spec = ScheduleSpec.from_dict({"name": "step", "warmup_steps": 3, "step_size": 7, "gamma": 1})
     assert spec == ScheduleSpec("step", 3, 7, 1.0, None, 0.0)
     assert isinstance(spec.gamma, float)
 

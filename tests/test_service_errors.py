@@ -52,14 +52,18 @@ def test_spec_missing_parts_is_invalid(client):
     assert info.value.code() == INVALID and "model" in info.value.details()
 
 
+UNKNOWN = "0123456789abcdef0123"  # well-formed, never issued
+
+
 @pytest.mark.parametrize("call, code", [
-    (lambda c: c.get("nope"), grpc.StatusCode.NOT_FOUND),
-    (lambda c: c.cancel("nope"), grpc.StatusCode.NOT_FOUND),
-    (lambda c: c.weights("nope"), grpc.StatusCode.NOT_FOUND),
-    (lambda c: list(c.watch("nope")), grpc.StatusCode.NOT_FOUND),
+    (lambda c: c.get(UNKNOWN), grpc.StatusCode.NOT_FOUND),
+    (lambda c: c.cancel(UNKNOWN), grpc.StatusCode.NOT_FOUND),
+    (lambda c: c.weights(UNKNOWN), grpc.StatusCode.NOT_FOUND),
+    (lambda c: list(c.watch(UNKNOWN)), grpc.StatusCode.NOT_FOUND),
+    (lambda c: c.stub.GetJob(pb.GetJobRequest(job_id="nope")), INVALID),  # cannot be a job id
     (lambda c: c.stub.ListJobs(pb.ListJobsRequest(page_token="garbage")), INVALID),
     (lambda c: c.stub.ListJobs(pb.ListJobsRequest(page_size=-1)), INVALID),
-    (lambda c: c.stub.Predict(pb.PredictRequest(job_id="nope")), grpc.StatusCode.NOT_FOUND),
+    (lambda c: c.stub.Predict(pb.PredictRequest(job_id=UNKNOWN)), grpc.StatusCode.NOT_FOUND),
 ])
 def test_malformed_requests(client, call, code):
     with pytest.raises(grpc.RpcError) as info:
@@ -71,7 +75,7 @@ def test_malformed_requests(client, call, code):
 @pytest.mark.parametrize("max_batch", [-1, 4097])
 def test_watch_batch_size_is_checked(client, max_batch):
     with pytest.raises(grpc.RpcError) as info:
-        list(client.stub.WatchJob(pb.WatchJobRequest(job_id="nope", max_batch=max_batch)))
+        list(client.stub.WatchJob(pb.WatchJobRequest(job_id=UNKNOWN, max_batch=max_batch)))
     assert info.value.code() == INVALID and "max_batch" in info.value.details()
     assert client.healthy()
 

@@ -9,7 +9,10 @@ Kept outside the servicer so they can be tested without a server:
   (never pickle); every size is checked against the declared shape.
 * weights: one version split into ``WeightsUpdate`` chunks under a byte budget, and
   reassembled (see :func:`weights_messages` for the rule).
-* metrics, job records and dataset infos to their messages.
+* metrics, job records, job statistics and dataset infos to their messages.
+
+Sizes are bounded before conversion (`service.rpc.bounds`); `job_spec_to_dict` leaves out
+what is not part of the training config (the name, the request id).
 """
 from __future__ import annotations
 
@@ -22,18 +25,18 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from service.rpc import pb
+from service.rpc import bounds, pb
 from workers.engine.errors import SpecError
 
 DTYPES = ("float32", "float64", "int64")
 """Element types a Tensor may carry."""
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Tensor bytes per WeightsUpdate: well under gRPC's 4 MiB default message limit."""
-MAX_DIMS = 32
 
 _RESERVED_LAYER = ("op",)
 _RESERVED_NODE = ("name", "op", "inputs", "share")
 _TOP_MESSAGES = ("name", "model", "dataset", "optimizer")
+_NOT_CONFIG = ("request_id",)  # JobSpec fields that are not part of the training config
 
 # --------------------------------------------------------------------------- attributes
 
@@ -125,7 +128,8 @@ def _mapping(d: Any, path: str) -> Mapping[str, Any]:
 
 
 def job_spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
-    """The ``TrainConfig.from_dict`` form of ``spec`` (without the ``name`` label)."""
+    """The ``TrainConfig.from_dict`` form of ``spec`` (without the ``name`` label and the
+    ``request_id``). Only what the client set: unset fields take the server's defaults."""
     d: dict[str, Any] = {}
     if spec.HasField("model"):
         d["model"] = _model_to_dict(spec.model)
@@ -139,7 +143,7 @@ def job_spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
             sched = _scalars_to_dict(opt.schedule)
             sched["name"] = sched["name"] or "constant"
             d["optimizer"]["schedule"] = sched
-    d.update(_scalars_to_dict(spec, skip=_TOP_MESSAGES))
+    d.update(_scalars_to_dict(spec, skip=_TOP_MESSAGES + _NOT_CONFIG))
     return d
 
 
@@ -282,10 +286,11 @@ def _le_bytes(a: np.ndarray) -> bytes:
 
 def _decode(dtype: str, shape: Iterable[int], data: bytes | bytearray, field: str) -> np.ndarray:
     if dtype not in DTYPES:
-        raise SpecError(f"{field}.dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
+        raise SpecError(f"{field}.dtype", f"must be one of {list(DTYPES)}, got {bounds.clip(dtype)}")
     shape = tuple(int(s) for s in shape)
-    if len(shape) > MAX_DIMS or any(s < 0 for s in shape):
-        raise SpecError(f"{field}.shape", f"must be at most {MAX_DIMS} non-negative sizes, got {list(shape)}")
+    if len(shape) > bounds.TENSOR_DIMS or any(s < 0 for s in shape):
+        raise SpecError(f"{field}.shape", f"must be at most {bounds.TENSOR_DIMS} non-negative sizes, "
+                                          f"got {list(shape[:bounds.TENSOR_DIMS + 1])}")
     wire = np.dtype(dtype).newbyteorder("<")
     expected = math.prod(shape) * wire.itemsize
     if len(data) != expected:
@@ -426,6 +431,23 @@ def record_to_job(rec: Any) -> pb.Job:
     if rec.checkpoint_step is not None:
         job.checkpoint_step = rec.checkpoint_step
     return job
+
+
+def stats_to_pb(stats: Mapping[str, Any]) -> pb.JobStats:
+    """``Trainer.stats()`` as a JobStats message.
+
+    ``epochs`` are the ledger's reports (``service.ledger.EpochReport``: sealed epochs,
+    hence complete unless an entry says ``complete: False``); ``workers`` the pool's
+    worker infos (``node_id``, ``pid``, ``transport``).
+    """
+    msg = pb.JobStats(failures=int(stats.get("failures") or 0))
+    for r in stats.get("epochs") or ():
+        msg.epochs.add(epoch=r["epoch"], used_once=r["used_once"], duplicated=r["duplicated"],
+                       unused=r["unused"], complete=r.get("complete", True))
+    for w in stats.get("workers") or ():
+        msg.workers.add(worker=w.get("worker", 0), node=str(w.get("node_id") or ""), pid=int(w.get("pid") or 0),
+                        transport=str(w.get("transport") or ""))
+    return msg
 
 
 def dataset_info_to_pb(info: Mapping[str, Any]) -> pb.DatasetInfo:

@@ -8,6 +8,7 @@ slowing training.
 """
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ class JobFeed:
     """Steps' events in step order; each event is built once and shared by every watcher."""
 
     def __init__(self, state: str, history: list[tuple[int, Any]] | None = None) -> None:
-        self.cond = threading.Condition()
+        self.cond = threading.Condition()  # reentrant: snapshot() calls since()
         self.state = state
         self.message = ""
         self.metrics: list[tuple[int, Any]] = list(history or [])
@@ -42,14 +43,17 @@ class JobFeed:
     def since(self, step: int) -> list[tuple[int, Any]]:
         """Metrics of steps >= `step` (the list is ordered by step)."""
         with self.cond:
-            lo, hi = 0, len(self.metrics)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if self.metrics[mid][0] < step:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            return self.metrics[lo:]
+            return self.metrics[bisect.bisect_left(self.metrics, step, key=lambda item: item[0]):]
+
+    def snapshot(self, step: int) -> tuple[int, str, str, list[tuple[int, Any]]]:
+        """(changes, state, message, metrics of steps >= `step`), read together.
+
+        The training thread records a step's metrics before any state that follows it, so
+        when the state read here is final, the metrics read with it are complete: a watcher
+        that sends them first and the final state last loses no step.
+        """
+        with self.cond:
+            return self.changes, self.state, self.message, self.since(step)
 
     def wait(self, seen_step: int, seen_changes: int, timeout: float) -> None:
         with self.cond:

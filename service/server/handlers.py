@@ -1,7 +1,8 @@
 """Plain functions behind each RPC: a request in, a response (or a stream) out.
 
 They raise the service's own exceptions; the servicer maps those to status codes.
-Nothing here touches gRPC, so each can be called and tested directly.
+Nothing here touches gRPC, so each can be called and tested directly. Every request is
+checked against its bounds (`service.rpc.bounds`) first, before the store is asked.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from service.rpc import convert, pb
+from service.rpc import bounds, convert, pb
 from service.store.checkpoints import CheckpointNotFound
 from workers.engine import Model, SpecError
 
@@ -25,76 +26,106 @@ class NotReady(Exception):
 
 
 def submit_job(m: JobManager, req: pb.JobSpec) -> pb.Job:
-    rec = m.submit(req.name, convert.job_spec_to_dict(req))
+    bounds.check_job_spec(req)
+    rec = m.submit(req.name, convert.job_spec_to_dict(req), request_id=req.request_id or None)
     return convert.record_to_job(rec)
 
 
 def get_job(m: JobManager, req: pb.GetJobRequest) -> pb.Job:
-    return convert.record_to_job(m.store.get(req.job_id))
+    """The job; while it runs, with its execution statistics (`Job.stats`)."""
+    job = convert.record_to_job(m.record(bounds.check_job_id(req.job_id)))
+    stats = m.stats(req.job_id)
+    if stats:
+        job.stats.CopyFrom(convert.stats_to_pb(stats))
+    return job
 
 
 def list_jobs(m: JobManager, req: pb.ListJobsRequest) -> pb.ListJobsResponse:
+    bounds.check_states(req.states, pb.JobState.values())
     states = [convert.state_from_pb(s) for s in req.states if s != pb.JOB_STATE_UNSPECIFIED]
     if req.page_size < 0:
         raise SpecError("page_size", f"must be >= 0, got {req.page_size}")
-    records, token = m.store.list(states or None, req.page_size or 50, req.page_token)
+    records, token = m.store.list(states or None, req.page_size or 50, bounds.page_token(req.page_token))
     return pb.ListJobsResponse(jobs=[convert.record_to_job(r) for r in records], next_page_token=token)
 
 
 def cancel_job(m: JobManager, req: pb.CancelJobRequest) -> pb.Job:
-    rec = m.store.get(req.job_id)
+    """Asks the job to stop; a running job is returned still RUNNING (see the proto)."""
+    rec = m.record(bounds.check_job_id(req.job_id))
     if rec.state in TERMINAL:
         raise NotReady(f"job {req.job_id} is already {rec.state}")
     return convert.record_to_job(m.cancel(req.job_id))
+
+
+def resume_job(m: JobManager, req: pb.ResumeJobRequest) -> pb.Job:
+    """Requeues a FAILED or CANCELLED job from its newest intact checkpoint."""
+    return convert.record_to_job(m.resume(bounds.check_job_id(req.job_id)))
 
 
 def watch_job(m: JobManager, req: pb.WatchJobRequest, active: Callable[[], bool],
               batch_s: float = 0.05) -> Iterator[pb.JobEvent]:
     """The job's state, then every step's metrics from `from_step` on, live until it ends.
 
-    A watcher wakes at most every `batch_s` and sends what accumulated meanwhile, so many
+    A final state is always the last event: every step's metrics come before it (a job
+    that has already finished sends its recorded metrics, then its final state). A
+    watcher wakes at most every `batch_s` and sends what accumulated meanwhile, so many
     open streams on a fast job cost the server a bounded number of wake-ups; with
     `max_batch` > 1 it also sends it in a bounded number of messages (`metrics_batch`).
     """
+    job_id = bounds.check_job_id(req.job_id)
     if not 0 <= req.max_batch <= MAX_WATCH_BATCH:
         raise SpecError("max_batch", f"must be in [0, {MAX_WATCH_BATCH}], got {req.max_batch}")
-    feed = m.feed(req.job_id)
-    next_step, changes = max(req.from_step, 0), -1
+    if req.from_step < 0:
+        raise SpecError("from_step", f"must be >= 0, got {req.from_step}")
+    feed = m.feed(job_id)
+    next_step, seen = req.from_step, -1
     while active():
-        if feed.changes != changes:
-            changes, state = feed.changes, feed.state
-            yield pb.JobEvent(state=pb.StateChange(state=convert.state_to_pb(state), message=feed.message))
-        new = feed.since(next_step)
+        changes, state, message, new = feed.snapshot(next_step)
+        final = state in TERMINAL  # then every step's metrics are in `new` already
+        if changes != seen and not final:
+            yield _state_event(job_id, state, message)
         if new:
-            yield from _metrics_events(new, req.max_batch)
+            yield from _metrics_events(job_id, new, req.max_batch)
             next_step = new[-1][0] + 1
-        if feed.state in TERMINAL and not feed.since(next_step) and changes == feed.changes:
+        if final:
+            yield _state_event(job_id, state, message)
             return
-        feed.wait(next_step - 1, changes, timeout=0.5)
+        seen = changes
+        feed.wait(next_step - 1, seen, timeout=0.5)
         time.sleep(batch_s)
 
 
-def _metrics_events(new: list[tuple[int, pb.JobEvent]], max_batch: int) -> Iterator[pb.JobEvent]:
-    """One event per step, or `metrics_batch` events of up to `max_batch` steps each."""
+def _state_event(job_id: str, state: str, message: str) -> pb.JobEvent:
+    change = pb.StateChange(state=convert.state_to_pb(state), message=message)
+    if state == "FAILED":
+        change.error = message
+    return pb.JobEvent(job_id=job_id, state=change)
+
+
+def _metrics_events(job_id: str, new: list[tuple[int, pb.JobEvent]], max_batch: int) -> Iterator[pb.JobEvent]:
+    """One event per step, or `metrics_batch` events of up to `max_batch` steps each.
+
+    The feed's events are shared by every watcher, so each is copied to carry the job id."""
     if max_batch <= 1:
         for _, event in new:
-            yield event
+            yield pb.JobEvent(job_id=job_id, metrics=event.metrics)
         return
     for i in range(0, len(new), max_batch):
         steps = [event.metrics for _, event in new[i:i + max_batch]]
-        yield pb.JobEvent(metrics_batch=pb.MetricsBatch(steps=steps))
+        yield pb.JobEvent(job_id=job_id, metrics_batch=pb.MetricsBatch(steps=steps))
 
 
 def stream_weights(m: JobManager, req: pb.StreamWeightsRequest, active: Callable[[], bool],
                    max_bytes: int) -> Iterator[pb.WeightsUpdate]:
     """Every `every_n_steps`-th version of the weights, as the job produces them."""
+    job_id = bounds.check_job_id(req.job_id)
     if req.every_n_steps < 0:
         raise SpecError("every_n_steps", f"must be >= 0, got {req.every_n_steps}")
-    rec = m.store.get(req.job_id)
+    rec = m.record(job_id)
     if rec.state in TERMINAL:
-        raise NotReady(f"job {req.job_id} is {rec.state}; use GetWeights for its final weights")
+        raise NotReady(f"job {job_id} is {rec.state}; use GetWeights for its final weights")
     every = req.every_n_steps or 1
-    feed = m.weights_feed(req.job_id)
+    feed = m.weights_feed(job_id)
     model = _model(rec.spec)
     feed.subscribe(+1)
     try:
@@ -105,28 +136,40 @@ def stream_weights(m: JobManager, req: pb.StreamWeightsRequest, active: Callable
                 continue
             seen = v.version
             if v.step % every == 0:
-                yield from convert.weights_messages(v.version, v.step, model.views(v.theta), max_bytes)
+                yield from convert.weights_messages(v.version, v.step, model.views(v.theta), max_bytes, job_id)
     finally:
         feed.subscribe(-1)
 
 
 def get_weights(m: JobManager, req: pb.GetWeightsRequest, max_bytes: int) -> Iterator[pb.WeightsUpdate]:
-    version, step, theta, model = _weights(m, req.job_id, req.step if req.HasField("step") else None)
-    yield from convert.weights_messages(version, step, model.views(theta), max_bytes)
+    job_id = bounds.check_job_id(req.job_id)
+    step = req.step if req.HasField("step") else None
+    if step is not None and step < 0:
+        raise SpecError("step", f"must be >= 0, got {step}")
+    version, step, theta, model = _weights(m, job_id, step)
+    yield from convert.weights_messages(version, step, model.views(theta), max_bytes, job_id)
 
 
 def predict(m: JobManager, req: pb.PredictRequest, max_rows: int) -> pb.PredictResponse:
-    m.store.get(req.job_id)  # an unknown job is NOT_FOUND before any complaint about inputs
+    """The model's outputs for `inputs`, with the weights version and step that made them."""
+    job_id = bounds.check_job_id(req.job_id)
+    m.record(job_id)  # an unknown job is NOT_FOUND before any complaint about inputs
+    bounds.check_tensor(req.inputs, "inputs")
+    if len(req.inputs.shape) == 2 and req.inputs.shape[0] > max_rows:
+        raise TooLarge(f"inputs: {req.inputs.shape[0]} rows exceed the limit of {max_rows}")
     X = convert.from_tensor(req.inputs, "inputs")
-    _, _, theta, model = _weights(m, req.job_id, None)
+    version, step, theta, model = _weights(m, job_id, None)
     if X.ndim != 2 or X.shape[1] != model.spec.input:
         raise SpecError("inputs", f"must have shape (n, {model.spec.input}), got {X.shape}")
-    if X.shape[0] > max_rows:
-        raise TooLarge(f"inputs: {X.shape[0]} rows exceed the limit of {max_rows}")
-    return pb.PredictResponse(outputs=convert.to_tensor("outputs", model.predict(theta, X)))
+    return pb.PredictResponse(outputs=convert.to_tensor("outputs", model.predict(theta, X)),
+                              version=version, step=step)
 
 
 def upload_dataset(m: JobManager, chunks: Iterator[pb.DatasetChunk]) -> pb.DatasetInfo:
+    """The header, then data, then the end marker; the registry checks the counts and keeps
+    nothing of a stream that breaks off."""
+    from .datasets import UploadEnd
+
     first = next(chunks, None)
     if first is None or first.WhichOneof("chunk") != "header":
         raise SpecError("header", "the first message of an upload must be the header")
@@ -139,13 +182,19 @@ def upload_dataset(m: JobManager, chunks: Iterator[pb.DatasetChunk]) -> pb.Datas
     if label:
         header["label"] = getattr(h, label)
 
-    def data() -> Iterator[bytes]:
+    def parts() -> Iterator[bytes | UploadEnd]:
         for c in chunks:
-            if c.WhichOneof("chunk") != "data":
+            kind = c.WhichOneof("chunk")
+            if kind == "data":
+                yield c.data
+            elif kind == "end":
+                yield UploadEnd(c.end.size_bytes)
+            elif kind == "header":
                 raise SpecError("chunk", "only the first message may be a header")
-            yield c.data
+            else:
+                raise SpecError("chunk", "each message must set one of header, data or end")
 
-    return convert.dataset_info_to_pb(m.datasets.upload(header, data()))
+    return convert.dataset_info_to_pb(m.datasets.upload(header, parts()))
 
 
 def list_datasets(m: JobManager, req: pb.ListDatasetsRequest) -> pb.ListDatasetsResponse:
@@ -159,7 +208,7 @@ def _model(spec: dict[str, Any]) -> Model:
 
 def _weights(m: JobManager, job_id: str, step: int | None) -> tuple[int, int, np.ndarray, Model]:
     """(version, step, theta, model): a checkpoint if `step` is given, else the latest."""
-    rec = m.store.get(job_id)
+    rec = m.record(job_id)
     model = _model(rec.spec)
     if step is not None:
         try:

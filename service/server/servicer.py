@@ -1,11 +1,17 @@
 """The thin gRPC servicer: each RPC calls one handler and maps errors to status codes.
 
-    SpecError, InvalidPageToken  -> INVALID_ARGUMENT  (the message names the field)
+    SpecError, InvalidPageToken, AmbiguousId,
+    RequestIdConflict                          -> INVALID_ARGUMENT  (the message names the field)
     JobNotFound, DatasetNotFound,
-    CheckpointNotFound           -> NOT_FOUND
-    NotReady, IllegalTransition  -> FAILED_PRECONDITION
-    TooLarge                     -> RESOURCE_EXHAUSTED
-    anything else                -> INTERNAL (logged with its traceback)
+    CheckpointNotFound                         -> NOT_FOUND
+    NotReady, IllegalTransition                -> FAILED_PRECONDITION
+    TooLarge                                   -> RESOURCE_EXHAUSTED
+    StoreUnavailable                           -> UNAVAILABLE  (the message names the store;
+                                                  retry once it can write again)
+    anything else                              -> INTERNAL (logged with its traceback)
+
+Every message is bounded (`bounds.ERROR_CHARS`): client strings in it are clipped where
+they are quoted, and this is the last guard.
 """
 from __future__ import annotations
 
@@ -15,8 +21,16 @@ from typing import Callable
 
 import grpc
 
-from service.rpc import pb_grpc
-from service.store.base import DatasetNotFound, IllegalTransition, InvalidPageToken, JobNotFound
+from service.rpc import bounds, pb_grpc
+from service.store.base import (
+    AmbiguousId,
+    DatasetNotFound,
+    IllegalTransition,
+    InvalidPageToken,
+    JobNotFound,
+    RequestIdConflict,
+    StoreUnavailable,
+)
 from service.store.checkpoints import CheckpointNotFound
 from workers.engine import SpecError
 
@@ -28,10 +42,11 @@ from .manager import JobManager
 log = logging.getLogger(__name__)
 
 STATUS = [
-    ((SpecError, InvalidPageToken), grpc.StatusCode.INVALID_ARGUMENT),
+    ((SpecError, InvalidPageToken, AmbiguousId, RequestIdConflict), grpc.StatusCode.INVALID_ARGUMENT),
     ((JobNotFound, DatasetNotFound, CheckpointNotFound), grpc.StatusCode.NOT_FOUND),
     ((h.NotReady, IllegalTransition), grpc.StatusCode.FAILED_PRECONDITION),
     ((TooLarge,), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ((StoreUnavailable,), grpc.StatusCode.UNAVAILABLE),
 ]
 
 
@@ -44,11 +59,13 @@ def _status(e: Exception) -> grpc.StatusCode:
 
 def _abort(method: str, context: grpc.ServicerContext, e: Exception):
     code = _status(e)
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if len(msg) > bounds.ERROR_CHARS:
+        msg = msg[:bounds.ERROR_CHARS] + "..."
     if code is grpc.StatusCode.INTERNAL:
         log.exception("[Trainer.%s] internal error", method)
     else:
-        log.info("[Trainer.%s] %s: %s", method, code.name, e)
-    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        log.info("[Trainer.%s] %s: %s", method, code.name, msg)
     context.abort(code, msg)
 
 
@@ -101,6 +118,12 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     @unary
     def CancelJob(self, request, context):
         return h.cancel_job(self.manager, request)
+
+    @unary
+    def ResumeJob(self, request, context):
+        job = h.resume_job(self.manager, request)
+        log.info("[Trainer.ResumeJob] requeued %s", job.id)
+        return job
 
     @streaming
     def WatchJob(self, request, context):
