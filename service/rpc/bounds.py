@@ -10,7 +10,8 @@ value would only fail later, at run time (``workers: 1000000000``, a timeout of 
 The wire checks (:func:`check_job_spec`, :func:`check_job_id`, ...) read the protobuf
 messages; the numeric ranges are applied by the specs themselves (``service.config``,
 ``service.optim``, ``service.schedules``), so a YAML file run locally meets the same ones.
-A client string shown in an error is clipped (:func:`clip`).
+A client string shown in an error is clipped (:func:`clip`). This module imports nothing
+of the service, so the specs can use it.
 """
 from __future__ import annotations
 
@@ -189,16 +190,3 @@ def _check_attrs(attrs: Mapping[str, Any], field: str, limit: int) -> None:
         if value.WhichOneof("value") == "text":
             check_text(value.text, f"{field}.{key}", TEXT_CHARS)
 
-
-# --- uploads ---------------------------------------------------------------------------
-
-
-def check_upload_header(h: Any) -> None:
-    """A ``pb.DatasetHeader``'s strings within their bounds (the registry checks their values)."""
-    check_text(h.filename, "header.filename", NAME_CHARS)
-    for key in ("format", "task"):
-        check_text(getattr(h, key), f"header.{key}", WORD_CHARS)
-    check_text(h.label_name, "header.label_name", TEXT_CHARS)
-    check_text(h.delimiter, "header.delimiter", 1)
-    if h.size_bytes < 0:
-        raise SpecError("header.size_bytes", f"must be >= 0, got {h.size_bytes}")
