@@ -251,7 +251,7 @@ class Run:
 
     def resume_and_cancel(self, job_id: str) -> str | None:
         try:
-            self.client.resume(job_id)
+            self.client.stub.ResumeJob(pb.ResumeJobRequest(job_id=job_id), timeout=CALL_TIMEOUT)
         except grpc.RpcError as e:
             if e.code() is not grpc.StatusCode.FAILED_PRECONDITION:  # not cancelled yet, or succeeded
                 return f"ResumeJob of the cancelled job {job_id}: {e.code().name} {e.details()[:200]}"
@@ -259,10 +259,10 @@ class Run:
         return self.cancel(job_id)
 
     def race(self, spec: dict[str, Any], rounds: int = 10) -> None:
-        """Calls about one job at the same moment from 8 threads (cancel three times, resume,
-        get, watch, stream weights, list, predict): every answer is OK or a refusal, none hangs."""
+        """Nine calls about one new job at the same moment (cancel three times, resume, get,
+        watch, stream weights, list, predict): every answer is OK or a refusal, none hangs."""
         inputs = convert.to_tensor("inputs", np.zeros((2, spec["model"]["input"]), np.float32))
-        stub, md = self.client.stub, self.client.metadata
+        stub, md, t = self.client.stub, self.client.metadata, CALL_TIMEOUT
 
         def first(stream: Any) -> None:
             next(iter(stream), None)
@@ -271,35 +271,32 @@ class Run:
         for r in range(rounds):
             job_id = self.client.submit(spec, name=f"race-{r}").id
             self.accepted_ids.append(job_id)
-            calls = {
-                "CancelJob#1": lambda: stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
-                "CancelJob#2": lambda: stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
-                "CancelJob#3": lambda: stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
-                "ResumeJob": lambda: stub.ResumeJob(pb.ResumeJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
-                "GetJob": lambda: stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=CALL_TIMEOUT),
-                "WatchJob": lambda: first(stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=CALL_TIMEOUT,
-                                                        metadata=md)),
-                "StreamWeights": lambda: first(stub.StreamWeights(pb.StreamWeightsRequest(job_id=job_id),
-                                                                  timeout=CALL_TIMEOUT, metadata=md)),
-                "ListJobs": lambda: stub.ListJobs(pb.ListJobsRequest(page_size=5), timeout=CALL_TIMEOUT),
-                "Predict": lambda: stub.Predict(pb.PredictRequest(job_id=job_id, inputs=inputs), timeout=CALL_TIMEOUT),
-            }
+            cancel = ("CancelJob", lambda: stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=t))
+            calls = [cancel, cancel, cancel,
+                     ("ResumeJob", lambda: stub.ResumeJob(pb.ResumeJobRequest(job_id=job_id), timeout=t)),
+                     ("GetJob", lambda: stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=t)),
+                     ("WatchJob", lambda: first(stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=t,
+                                                              metadata=md))),
+                     ("StreamWeights", lambda: first(stub.StreamWeights(pb.StreamWeightsRequest(job_id=job_id),
+                                                                        timeout=t, metadata=md))),
+                     ("ListJobs", lambda: stub.ListJobs(pb.ListJobsRequest(page_size=5), timeout=t)),
+                     ("Predict", lambda: stub.Predict(pb.PredictRequest(job_id=job_id, inputs=inputs), timeout=t))]
             start = threading.Barrier(len(calls))
 
-            def one(name: str) -> tuple[str, grpc.StatusCode, str]:
+            def one(call: tuple[str, Any]) -> tuple[str, grpc.StatusCode, str]:
                 start.wait()
                 try:
-                    calls[name]()
-                    return name, grpc.StatusCode.OK, ""
+                    call[1]()
+                    return call[0], grpc.StatusCode.OK, ""
                 except grpc.RpcError as e:
-                    return name, e.code(), e.details() or ""
+                    return call[0], e.code(), e.details() or ""
 
             with ThreadPoolExecutor(len(calls)) as pool:
                 answers = list(pool.map(one, calls))
             self.sent += len(answers)
             for name, code, details in answers:
                 if code is not grpc.StatusCode.OK and code not in fz.REFUSALS or len(details) > MAX_DETAILS:
-                    self.fail(_note(f"race: {name} alongside 8 other calls about one new job", name),
+                    self.fail(_note(f"race: {name} with 8 other calls about one new job", name),
                               f"{code.name} is not an answer", code.name, details)
             why = self.cancel(job_id)  # a ResumeJob that won the race requeued it
             if why:
