@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -22,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.rpc import convert, pb, pb_grpc
 
 UPLOAD_CHUNK = 1 << 20
+JOB_ID_LENGTH = 20  # hex digits (service.store.base.new_job_id)
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
@@ -53,12 +55,42 @@ class Client:
         return getattr(self.stub, method)(request, timeout=timeout or self.timeout, metadata=self.metadata)
 
     # --- jobs -------------------------------------------------------------------------
-    def submit(self, spec: Mapping[str, Any] | pb.JobSpec, name: str | None = None) -> pb.Job:
-        msg = spec if isinstance(spec, pb.JobSpec) else convert.dict_to_job_spec(spec, name=name)
-        return self._call("SubmitJob", msg)
+    def submit(self, spec: Mapping[str, Any] | pb.JobSpec, name: str | None = None,
+               request_id: str | None = None, attempts: int = 5) -> pb.Job:
+        """Submit a job, safely retried while the server is unavailable (restarting, say):
+        every attempt carries the same idempotency key, so the server creates the job once."""
+        msg = pb.JobSpec()
+        msg.CopyFrom(spec if isinstance(spec, pb.JobSpec) else convert.dict_to_job_spec(spec, name=name))
+        if not msg.request_id:
+            msg.request_id = request_id or uuid.uuid4().hex
+        for attempt in range(attempts):
+            try:
+                return self._call("SubmitJob", msg)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
+                    raise
+                time.sleep(min(0.25 * 2 ** attempt, 4.0))
+        raise AssertionError("unreachable")
+
+    def resume(self, job_id: str) -> pb.Job:
+        """Requeue a FAILED or CANCELLED job; it continues from its newest intact checkpoint."""
+        return self._call("ResumeJob", pb.ResumeJobRequest(job_id=job_id))
 
     def get(self, job_id: str) -> pb.Job:
         return self._call("GetJob", pb.GetJobRequest(job_id=job_id))
+
+    def resolve(self, prefix: str) -> str:
+        """The id of the one job whose id starts with `prefix` (a whole id is returned as is)."""
+        if len(prefix) >= JOB_ID_LENGTH:
+            return prefix
+        matches = [j.id for j in self.list() if j.id.startswith(prefix)]
+        if len(matches) == 1:
+            return matches[0]
+        shown = repr(prefix[:32])
+        if not matches:
+            raise ValueError(f"no job with an id starting with {shown}")
+        raise ValueError(f"{len(matches)} jobs have ids starting with {shown} "
+                         f"({', '.join(matches[:5])}{', ...' if len(matches) > 5 else ''}); give more of the id")
 
     def list(self, states: list[str] | None = None, page_size: int = 100) -> list[pb.Job]:
         jobs, token = [], ""
@@ -131,6 +163,12 @@ class Client:
 
     # --- datasets -----------------------------------------------------------------------
     def upload_dataset(self, path: str | Path, **csv_options: Any) -> pb.DatasetInfo:
+        """Upload an .npz (arrays X, y) or a .csv; csv options: label (name or index), header,
+        task, delimiter. The same bytes with the same options give back the same dataset.
+
+        The header declares the file's size and an end marker closes the stream with the
+        count actually sent, so the server never keeps an upload that broke off or a file
+        that changed while it was read."""
         path = Path(path)
         fmt = "npz" if path.suffix == ".npz" else "csv"
         header = pb.DatasetHeader(filename=path.name, format=fmt, size_bytes=path.stat().st_size)
@@ -144,9 +182,12 @@ class Client:
 
         def chunks() -> Iterator[pb.DatasetChunk]:
             yield pb.DatasetChunk(header=header)
+            sent = 0
             with path.open("rb") as f:
                 while data := f.read(UPLOAD_CHUNK):
+                    sent += len(data)
                     yield pb.DatasetChunk(data=data)
+            yield pb.DatasetChunk(end=pb.DatasetEnd(size_bytes=sent))
 
         return self.stub.UploadDataset(chunks(), timeout=self.timeout * 10, metadata=self.metadata)
 

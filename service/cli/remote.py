@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job")
     p.add_argument("--from-step", type=int, default=0)
     cmd("cancel", cancel, "cancel a queued or running job").add_argument("job")
+    cmd("resume", resume, "requeue a failed or cancelled job from its newest intact checkpoint").add_argument("job")
     p = cmd("weights", weights, "download a job's weights (.npz or .safetensors)")
     p.add_argument("job")
     p.add_argument("-o", "--output", required=True)
@@ -54,7 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = ds.add_parser("upload", help="upload an .npz (X, y) or .csv file")
     add_connection_args(p)
     p.add_argument("file")
-    p.add_argument("--label", help="csv: label column name or index")
+    p.add_argument("--label", help="csv: label column name or index (default: the last column)")
+    p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="csv: whether the first row is a header (default: detected)")
+    p.add_argument("--task", choices=["classification", "regression"], help="csv: default: from the labels")
+    p.add_argument("--delimiter", help="csv: field separator (default: ',')")
     p.set_defaults(func=upload)
     p = ds.add_parser("ls", help="list uploaded datasets")
     add_connection_args(p)
@@ -82,20 +87,27 @@ def jobs(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     with client(args) as c:
-        summary(c.get(args.job))
+        summary(c.get(c.resolve(args.job)))
     return 0
 
 
 def watch(args: argparse.Namespace) -> int:
     with client(args) as c:
-        final = follow(c, args.job, from_step=args.from_step)
+        final = follow(c, c.resolve(args.job), from_step=args.from_step)
     return 0 if final.state == 3 else 1
 
 
 def cancel(args: argparse.Namespace) -> int:
     with client(args) as c:
-        job = c.cancel(args.job)
+        job = c.cancel(c.resolve(args.job))
     console.print(f"cancelling job {job.id}")
+    return 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        job = c.resume(c.resolve(args.job))
+    console.print(f"resumed job {job.id}: queued, continues from step {job.checkpoint_step or 0}")
     return 0
 
 
@@ -103,7 +115,7 @@ def weights(args: argparse.Namespace) -> int:
     from .export import save_weights
 
     with client(args) as c:
-        version, step, arrays = c.weights(args.job, args.step)
+        version, step, arrays = c.weights(c.resolve(args.job), args.step)
     save_weights(args.output, arrays)
     console.print(f"wrote {len(arrays)} tensors (version {version}, step {step}) to {args.output}")
     return 0
@@ -113,7 +125,7 @@ def predict(args: argparse.Namespace) -> int:
     with np.load(args.inputs, allow_pickle=False) as f:
         X = f["X"] if "X" in f else f[f.files[0]]
     with client(args) as c:
-        out = c.predict(args.job, X)
+        out = c.predict(c.resolve(args.job), X)
     if args.output:
         np.savez(args.output, outputs=out)
         console.print(f"wrote outputs {out.shape} to {args.output}")
@@ -124,9 +136,9 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def upload(args: argparse.Namespace) -> int:
-    opts = {}
+    opts = {key: getattr(args, key) for key in ("header", "task", "delimiter") if getattr(args, key) is not None}
     if args.label is not None:
-        opts["label"] = int(args.label) if args.label.isdigit() else args.label
+        opts["label"] = int(args.label) if args.label.removeprefix("-").isdigit() else args.label
     with client(args) as c:
         info = c.upload_dataset(args.file, **opts)
     console.print(f"dataset [bold]{info.id}[/bold]: {info.n} examples, {info.n_features} features, {info.task}")

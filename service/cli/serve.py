@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 
@@ -10,15 +11,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the gRPC coordinator")
     p.add_argument("--host", default=os.environ.get("DPTRAIN_HOST", "127.0.0.1"),
                    help="bind address (default loopback; any other requires a token)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("DPTRAIN_PORT", 50051)))
+    p.add_argument("--port", type=int, default=int(os.environ.get("DPTRAIN_PORT", 50051)),
+                   help="gRPC port (env DPTRAIN_PORT; 0: a free port)")
     p.add_argument("--state-dir", type=Path, default=None, help="job store, checkpoints, datasets "
                    "(env DPTRAIN_HOME, default ~/.dptrain)")
     p.add_argument("--max-running-jobs", type=int, default=int(os.environ.get("DPTRAIN_MAX_RUNNING_JOBS", 1)))
     p.add_argument("--token", default=os.environ.get("DPTRAIN_TOKEN") or None, help="bearer token (env DPTRAIN_TOKEN)")
-    p.add_argument("--tls-cert", type=Path, default=os.environ.get("DPTRAIN_TLS_CERT") or None)
-    p.add_argument("--tls-key", type=Path, default=os.environ.get("DPTRAIN_TLS_KEY") or None)
+    p.add_argument("--tls-cert", type=Path, default=os.environ.get("DPTRAIN_TLS_CERT") or None,
+                   help="PEM certificate: serve TLS (with --tls-key; env DPTRAIN_TLS_CERT)")
+    p.add_argument("--tls-key", type=Path, default=os.environ.get("DPTRAIN_TLS_KEY") or None,
+                   help="PEM private key of --tls-cert (env DPTRAIN_TLS_KEY)")
     p.add_argument("--metrics-port", type=int, default=_env_int("DPTRAIN_METRICS_PORT"),
-                   help="serve Prometheus metrics on this port")
+                   help="serve Prometheus metrics on this port (env DPTRAIN_METRICS_PORT)")
+    p.add_argument("--metrics-host", default=os.environ.get("DPTRAIN_METRICS_HOST", "127.0.0.1"),
+                   help="bind address of the metrics port (default loopback, whatever --host is)")
     p.add_argument("--ray-address", default=os.environ.get("DPTRAIN_RAY_ADDRESS") or None,
                    help="join this Ray cluster instead of starting an embedded one")
     p.add_argument("--ray-num-cpus", type=float, default=None, help="CPUs of the embedded Ray instance")
@@ -30,6 +36,17 @@ def _env_int(name: str) -> int | None:
     return int(v) if v else None
 
 
+def _stop_ray(timeout: float) -> None:
+    """Stop the embedded Ray (its processes would otherwise outlive us), within `timeout`."""
+    import threading
+
+    import ray
+
+    t = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    t.start()
+    t.join(timeout)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -39,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     kw = {"state_dir": args.state_dir} if args.state_dir else {}
     cfg = ServerConfig(host=args.host, port=args.port, max_running_jobs=args.max_running_jobs,
                        token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                       metrics_port=args.metrics_port, ray_address=args.ray_address,
+                       metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                       ray_address=args.ray_address,
                        ray_num_cpus=args.ray_num_cpus, **kw)
     generated = cfg.ensure_token()
     server = serve(cfg)
@@ -55,5 +73,10 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     print("shutting down: running jobs are checkpointed and will resume", flush=True)
-    server.stop()
-    return 0
+    clean = server.stop()
+    _stop_ray(timeout=15.0)
+    # Every wait in stop() is bounded; a gRPC thread still stuck in a call must not keep
+    # the process alive past it (the interpreter would join its thread pool at exit).
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0 if clean else 1)

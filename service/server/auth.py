@@ -13,7 +13,7 @@ def _deny(request_or_iterator, context):
     context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
 
 
-_HANDLER_KINDS = {
+HANDLER_KINDS = {  # (request streaming, response streaming) -> handler factory
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
@@ -34,4 +34,4 @@ class TokenAuth(grpc.ServerInterceptor):
         given = dict(details.invocation_metadata).get("authorization", "")
         if hmac.compare_digest(given.encode(), self.expected):
             return handler
-        return _HANDLER_KINDS[(handler.request_streaming, handler.response_streaming)](_deny)
+        return HANDLER_KINDS[(handler.request_streaming, handler.response_streaming)](_deny)

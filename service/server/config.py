@@ -4,8 +4,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .streams import StreamLimits
 
 
 def default_state_dir() -> Path:
@@ -34,10 +37,12 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     metrics_port: int | None = None  # Prometheus endpoint; None: off, 0: a free port
+    metrics_host: str = "127.0.0.1"  # its own bind address: metrics stay private when gRPC is public
     ray_address: str | None = None  # join this cluster instead of starting Ray here
     ray_num_cpus: float | None = None  # CPUs of an embedded Ray instance (None: all)
     weights_ring: int = 32  # recent weight versions kept for slow StreamWeights readers
-    grpc_threads: int = 128  # each open stream holds one
+    streams: StreamLimits = field(default_factory=StreamLimits)  # open streams; unary calls have a reserve
+    shutdown_grace_s: float = 5.0  # in-flight calls get this long at shutdown, then are cancelled
     gil_switch_interval_s: float = 0.0005  # Python's default 5 ms starves short RPCs under load
     limits: Limits = field(default_factory=Limits)
 
@@ -45,6 +50,8 @@ class ServerConfig:
         self.state_dir = Path(self.state_dir)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if self.tls_cert is not None:
+            self.tls_cert, self.tls_key = Path(self.tls_cert), Path(self.tls_key)
 
     @property
     def loopback(self) -> bool:
@@ -54,6 +61,22 @@ class ServerConfig:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    def check_tls(self) -> None:
+        """Say what is wrong with the certificate and key (gRPC itself only says it could not bind)."""
+        if self.tls_cert is None:
+            return
+        for what, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+            if not path.is_file():
+                raise ValueError(f"{what}: no such file: {path}")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert, self.tls_key)
+        except ssl.SSLError as e:
+            reason = getattr(e, "reason", None) or str(e)
+            hint = {"KEY_VALUES_MISMATCH": "the key does not belong to the certificate (swapped or from "
+                                           "another pair?)",
+                    "PEM_LIB": "a file is not a PEM certificate / private key (swapped?)"}.get(reason, reason)
+            raise ValueError(f"tls_cert {self.tls_cert} / tls_key {self.tls_key}: {hint}") from None
 
     def ensure_token(self) -> bool:
         """A token is mandatory off loopback: generate one if none was given (True if generated)."""

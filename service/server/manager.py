@@ -1,22 +1,34 @@
-"""Jobs from acceptance to a final state: queue, run, checkpoint, cancel, resume.
+"""Jobs from acceptance to a final state: admit, queue, run, checkpoint, cancel, resume.
 
 Accepted jobs are in the SQLite registry before SubmitJob returns, and a running job
 checkpoints every `checkpoint_every` steps (atomically). When the server starts, jobs
 that were RUNNING or QUEUED are requeued and continue from their last checkpoint; the
 core is deterministic, so their final weights equal an uninterrupted run's, bit for bit.
+ResumeJob requeues a FAILED or CANCELLED job the same way.
+
+Admission is by CPUs, all of a job's workers or none (gang admission): a job that needs
+more CPUs (`workers * cpus_per_worker`) than the whole cluster has is refused at submit;
+one that fits the cluster but not what running jobs leave free waits QUEUED, in
+submission order, so jobs running together never fail for lack of CPUs.
+
+Storage can fail (a full disk): a failed write never kills the scheduler; the job's
+state in the feed stays truthful, and writes that could not be made are retried until
+they succeed (`settle_pending`, called by the server's health loop).
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from service.config import TrainConfig
+from service.pool import Cancelled
 from service.rpc import convert, pb
-from service.store.base import JobRecord, JobStore
+from service.store.base import IllegalTransition, JobRecord, JobStore, StoreError
 from service.store.checkpoints import CheckpointStore
 from service.trainer import Trainer
+from workers.engine import SpecError
 
 from . import metrics as prom
 from .datasets import DatasetRegistry
@@ -24,6 +36,20 @@ from .feeds import JobFeed, WeightsFeed
 
 log = logging.getLogger(__name__)
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+RESUMABLE = ("FAILED", "CANCELLED")
+_CPU_EPS = 1e-6  # Ray keeps resources to 1e-4; sums of fractional CPUs must not round a fit away
+
+
+def cpus_needed(spec: dict[str, Any]) -> float:
+    """CPUs a job holds while it runs: every worker's reservation (the coordinator uses none)."""
+    return spec.get("workers", 2) * spec.get("cpus_per_worker", 1.0)
+
+
+def ray_cluster_cpus() -> float:
+    """Total CPUs of the Ray cluster's live nodes."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))
 
 
 def metrics_event(metrics: dict[str, Any]) -> pb.JobEvent:
@@ -31,7 +57,7 @@ def metrics_event(metrics: dict[str, Any]) -> pb.JobEvent:
 
 
 class JobCancelled(Exception):
-    pass
+    """The job's cancel flag was seen between steps."""
 
 
 class MetricsBuffer:
@@ -60,13 +86,17 @@ class MetricsBuffer:
 
 class JobManager:
     def __init__(self, store: JobStore, checkpoints: CheckpointStore, datasets: DatasetRegistry,
-                 max_running: int = 1, weights_ring: int = 32) -> None:
+                 max_running: int = 1, weights_ring: int = 32,
+                 cluster_cpus: Callable[[], float] = ray_cluster_cpus) -> None:
         self.store, self.checkpoints, self.datasets = store, checkpoints, datasets
         self.max_running = max_running
         self.weights_ring = weights_ring
-        self.lock = threading.Lock()
+        self.cluster_cpus = cluster_cpus
+        self.lock = threading.RLock()  # re-entered: cancel() asks for the weights feed
         self.wakeup = threading.Condition(self.lock)
         self.running: dict[str, threading.Event] = {}  # job id -> cancel flag
+        self.reserved: dict[str, float] = {}  # job id -> CPUs its workers hold
+        self.pending: dict[str, tuple[str, str | None]] = {}  # job id -> final state not yet stored
         self.feeds: dict[str, JobFeed] = {}
         self.weights: dict[str, WeightsFeed] = {}
         self.trainers: dict[str, Trainer] = {}
@@ -81,8 +111,9 @@ class JobManager:
                 self.store.transition(rec.id, "QUEUED")
         self.scheduler.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop running jobs at a step boundary (they stay resumable), then return."""
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop running jobs at a step boundary (they stay resumable, QUEUED); True if all
+        stopped within `timeout` (a job still running then resumes from an older checkpoint)."""
         with self.lock:
             self.stopping = True
             for flag in self.running.values():
@@ -91,25 +122,54 @@ class JobManager:
         deadline = time.monotonic() + timeout
         while self.running and time.monotonic() < deadline:
             time.sleep(0.05)
+        if self.running:
+            log.warning("jobs %s did not stop within %.0f s", sorted(self.running), timeout)
+        return not self.running
 
     # --- requests ---------------------------------------------------------------------
-    def submit(self, name: str, spec: dict[str, Any]) -> JobRecord:
+    def submit(self, name: str, spec: dict[str, Any], request_id: str | None = None) -> JobRecord:
+        """Validate and queue a job; with `request_id`, a retry returns the job created first."""
         config = TrainConfig.from_dict(self.datasets.resolve_job(spec))
         self.datasets.check_fits(config)
-        rec = self.store.create(name, config.to_dict())
+        self._check_cluster_fits(config)
+        rec = self.store.create(name, config.to_dict(), request_id=request_id or None)
         prom.JOBS_SUBMITTED.inc()
         log.info("accepted job %s (%s)", rec.id, name or "unnamed")
         with self.lock:
             self.wakeup.notify_all()
         return rec
 
+    def _check_cluster_fits(self, config: TrainConfig) -> None:
+        need, total = config.workers * config.cpus_per_worker, self.cluster_cpus()
+        if need > total + _CPU_EPS:
+            field = "workers" if config.workers > 1 else "cpus_per_worker"
+            raise SpecError(field, f"the job needs {need:g} CPUs ({config.workers} workers x "
+                                   f"{config.cpus_per_worker:g} cpus_per_worker) but the cluster has "
+                                   f"{total:g} CPUs in all")
+
+    def resume(self, job_id: str) -> JobRecord:
+        """Requeue a FAILED or CANCELLED job: it continues from its newest intact checkpoint."""
+        with self.lock:
+            rec = self.store.get(job_id)
+            if rec.state not in RESUMABLE or job_id in self.running:
+                raise IllegalTransition(f"job {job_id} is {rec.state}; only FAILED or CANCELLED jobs "
+                                        f"can be resumed")
+            self.pending.pop(job_id, None)
+            rec = self.store.transition(job_id, "QUEUED")
+            self.feed(job_id).set_state("QUEUED", "resumed")
+            self.wakeup.notify_all()
+        log.info("job %s resumed (from its checkpoint at step %s)", job_id, rec.checkpoint_step)
+        return rec
+
     def cancel(self, job_id: str) -> JobRecord:
         with self.lock:
             rec = self.store.get(job_id)
-            if rec.state == "QUEUED":
+            if rec.state == "QUEUED" and job_id not in self.running:
                 rec = self.store.transition(job_id, "CANCELLED")
                 self.feed(job_id).set_state("CANCELLED")
-            elif rec.state == "RUNNING" and job_id in self.running:
+                self.weights_feed(job_id).close()  # ends StreamWeights waiting for it to start
+                self.weights.pop(job_id, None)
+            elif job_id in self.running:
                 self.running[job_id].set()
             return rec
 
@@ -123,25 +183,45 @@ class JobManager:
         return feed
 
     def weights_feed(self, job_id: str) -> WeightsFeed:
-        return self.weights.setdefault(job_id, WeightsFeed(self.weights_ring))
+        with self.lock:
+            return self.weights.setdefault(job_id, WeightsFeed(self.weights_ring))
 
     # --- scheduling -------------------------------------------------------------------
     def _schedule(self) -> None:
+        """Start queued jobs in submission order while they fit; never dies of a store error."""
         while True:
-            with self.lock:
-                while not self.stopping and (len(self.running) >= self.max_running or not self._next()):
-                    self.wakeup.wait(timeout=1.0)
-                if self.stopping:
-                    return
-                rec = self._next()
-                flag = self.running[rec.id] = threading.Event()
-                rec = self.store.transition(rec.id, "RUNNING")
-                self.feed(rec.id).set_state("RUNNING")
-            threading.Thread(target=self._run, args=(rec, flag), name=f"job-{rec.id}", daemon=True).start()
+            try:
+                with self.lock:
+                    rec = self._admit_next()
+                    while rec is None and not self.stopping:
+                        self.wakeup.wait(timeout=1.0)
+                        rec = self._admit_next()
+                    if self.stopping:
+                        return
+                    flag = self.running[rec.id] = threading.Event()
+                    self.reserved[rec.id] = cpus_needed(rec.spec)
+                threading.Thread(target=self._run, args=(rec, flag), name=f"job-{rec.id}", daemon=True).start()
+            except Exception:  # noqa: BLE001 - e.g. the store cannot write: retry, keep scheduling
+                log.exception("scheduler: could not start the next job; retrying")
+                time.sleep(1.0)
 
-    def _next(self) -> JobRecord | None:
+    def _admit_next(self) -> JobRecord | None:
+        """The oldest queued job if it may start now (under the lock), marked RUNNING."""
+        if self.stopping or len(self.running) >= self.max_running:
+            return None
         queued, _ = self.store.list(states=["QUEUED"], page_size=1)
-        return queued[0] if queued else None
+        if not queued:
+            return None
+        rec, need = queued[0], cpus_needed(queued[0].spec)
+        free = self.cluster_cpus() - sum(self.reserved.values())
+        if need > free + _CPU_EPS:  # gang admission: all of its workers or none; later jobs wait
+            if self.running:
+                return None
+            log.warning("job %s needs %g CPUs; the cluster has %g: it waits for nodes", rec.id, need, free)
+            return None
+        rec = self.store.transition(rec.id, "RUNNING")
+        self.feed(rec.id).set_state("RUNNING")
+        return rec
 
     # --- running one job ------------------------------------------------------------------
     def _run(self, rec: JobRecord, cancel: threading.Event) -> None:
@@ -149,11 +229,11 @@ class JobManager:
         trainer = None
         history = MetricsBuffer(self.store, job_id)
         try:
-            config = TrainConfig.from_dict(rec.spec)
+            config = TrainConfig.from_stored(rec.spec)
             state = self.checkpoints.latest(job_id)
             if state is not None:
                 log.info("job %s resumes from its checkpoint at step %d", job_id, state.step)
-            trainer = Trainer(config, backend="ray", state=state, on_weights=weights.publish)
+            trainer = Trainer(config, backend="ray", state=state, on_weights=weights.publish, cancel=cancel)
             self.trainers[job_id] = trainer
             self.store.update(job_id, total_steps=trainer.total_steps)
             weights.publish(trainer.state.version, trainer.state.step, trainer.theta)
@@ -170,29 +250,36 @@ class JobManager:
                     self._checkpoint(job_id, trainer, history)
             self._checkpoint(job_id, trainer, history, final=True)
             self._finish(job_id, "SUCCEEDED", feed)
-        except JobCancelled:
-            if self.stopping:  # server shutdown: leave it resumable
-                log.info("job %s paused for shutdown at step %d", job_id, trainer.state.step if trainer else 0)
-                if trainer is not None:
-                    self._checkpoint(job_id, trainer, history)
-                self.store.transition(job_id, "QUEUED")
-            else:
-                if trainer is not None:
-                    self._checkpoint(job_id, trainer, history, final=True)
-                self._finish(job_id, "CANCELLED", feed)
+        except (JobCancelled, Cancelled):
+            self._stopped(job_id, trainer, history, feed)
         except Exception as e:  # the job fails; the server keeps serving
             log.exception("job %s failed", job_id)
-            history.flush()
-            self._finish(job_id, "FAILED", feed, f"{type(e).__name__}: {e}")
+            self._quietly(history.flush)
+            self._finish(job_id, "FAILED", feed, _describe(e))
         finally:
             if trainer is not None:
-                trainer.close()
+                self._quietly(trainer.close)
             self.trainers.pop(job_id, None)
             weights.close()
-            self.weights.pop(job_id, None)
             with self.lock:
+                self.weights.pop(job_id, None)
                 self.running.pop(job_id, None)
+                self.reserved.pop(job_id, None)
                 self.wakeup.notify_all()
+
+    def _stopped(self, job_id: str, trainer: Trainer | None, history: MetricsBuffer, feed: JobFeed) -> None:
+        """Cancelled, or paused by a server shutdown (then left resumable, QUEUED)."""
+        step = trainer.state.step if trainer else 0
+        try:
+            if trainer is not None:
+                self._checkpoint(job_id, trainer, history, final=not self.stopping)
+        except Exception as e:  # noqa: BLE001 - the job still stops; an older checkpoint remains
+            log.error("job %s: no checkpoint at step %d as it stopped: %s", job_id, step, _describe(e))
+        if self.stopping:
+            log.info("job %s paused for shutdown at step %d", job_id, step)
+            self._quietly(self.store.transition, job_id, "QUEUED")
+        else:
+            self._finish(job_id, "CANCELLED", feed)
 
     def _checkpoint(self, job_id: str, trainer: Trainer, history: MetricsBuffer, final: bool = False) -> None:
         history.flush()  # the history is durable up to every checkpoint
@@ -201,11 +288,56 @@ class JobManager:
         self.store.update(job_id, checkpoint_step=state.step)
 
     def _finish(self, job_id: str, state: str, feed: JobFeed, error: str | None = None) -> None:
-        self.store.transition(job_id, state, error=error)
+        """Record a final state; if the store cannot write it now, it is retried later
+        (`settle_pending`) and the feed already says the truth."""
         feed.set_state(state, error or "")
         prom.JOBS_FINISHED.labels(state=state).inc()
         log.info("job %s %s%s", job_id, state, f": {error}" if error else "")
+        try:
+            self.store.transition(job_id, state, error=error)
+        except StoreError as e:
+            log.error("job %s: could not record %s (%s); will retry", job_id, state, e)
+            with self.lock:
+                self.pending[job_id] = (state, error)
+
+    def settle_pending(self) -> None:
+        """Retry final states the store could not write (e.g. while the disk was full)."""
+        with self.lock:
+            todo = dict(self.pending)
+        for job_id, (state, error) in todo.items():
+            try:
+                if self.store.get(job_id).state != state:
+                    self.store.transition(job_id, state, error=error)
+            except StoreError as e:
+                log.debug("job %s: %s still not recorded: %s", job_id, state, e)
+                continue
+            with self.lock:
+                if self.pending.get(job_id) == (state, error):
+                    del self.pending[job_id]
+            log.info("job %s: %s recorded", job_id, state)
+
+    def record(self, job_id: str) -> JobRecord:
+        """The job's record, with a final state the store could not write yet."""
+        rec = self.store.get(job_id)
+        with self.lock:
+            pending = self.pending.get(job_id)
+        if pending is not None:
+            rec.state, rec.error = pending[0], pending[1] or rec.error
+        return rec
+
+    @staticmethod
+    def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - cleanup after a failure must not hide it
+            log.exception("ignored during cleanup: %s", getattr(fn, "__name__", fn))
 
     def stats(self, job_id: str) -> dict[str, Any] | None:
         trainer = self.trainers.get(job_id)
         return trainer.stats() if trainer else None
+
+
+def _describe(e: BaseException) -> str:
+    """A job's error message: the exception's type and text, bounded."""
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= 2000 else text[:2000] + "..."
