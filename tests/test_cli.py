@@ -53,7 +53,18 @@ def test_job_commands(cli, tmp_path):
     with np.load(tmp_path / "out.npz", allow_pickle=False) as o:
         assert o["outputs"].shape == (3, 2)
     assert "already SUCCEEDED" in cli("cancel", job, ok=False)
-    assert "NOT_FOUND" in cli("status", "nope", ok=False)
+    assert "no job with an id starting with 'nope'" in cli("status", "nope", ok=False)
+    assert "NOT_FOUND: no job with id '0000000000000000000f'" in cli("status", "0000000000000000000f", ok=False)
+    assert f"job {job}" in cli("status", job[:10])  # a unique prefix
+
+
+def test_resume_a_cancelled_job_by_prefix(cli):
+    spec = ROOT / "examples" / "digits_mlp.yaml"
+    job = re.search(r"submitted job (\w+)", cli("submit", str(spec))).group(1)
+    cli("cancel", job[:12])
+    assert "CANCELLED" in cli("watch", job, ok=False)
+    assert f"resumed job {job}" in cli("resume", job[:12])
+    assert "SUCCEEDED" in cli("watch", job)
 
 
 def test_cancel_a_running_job(cli):
