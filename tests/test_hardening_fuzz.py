@@ -206,6 +206,7 @@ class Run:
         self.failures: list[Failure] = []
         self.accepted_ids: list[str] = []
         self.sent = self.framework_internal = self.accepted = 0
+        self.silent = 0  # requests in a row that got no answer in time
         self.health = health_pb2_grpc.HealthStub(self.channel)
         path = os.environ.get("DPTRAIN_FUZZ_LOG")  # every request's answer, for a review by eye
         self.log = open(path, "w", buffering=1) if path else None
@@ -213,9 +214,22 @@ class Run:
     def fail(self, case: fz.Case, reason: str, code: str = "", details: str = "") -> None:
         self.failures.append(Failure(case, reason, code, details[:400]))
 
+    def fuzz(self, cases: list[fz.Case]) -> bool:
+        """Sends every case; False if the server died or stopped answering (then the rest is skipped)."""
+        for i, case in enumerate(cases):
+            self.send(case)
+            if self.silent >= 3:
+                self.fail(case, f"the server stopped answering ({self.silent} requests in a row got no answer "
+                                f"within {CALL_TIMEOUT:.0f} s); the fuzz stopped at this one")
+                return False
+            if i % 50 == 49 and not self.check_alive(case):
+                return False
+        return True
+
     def send(self, case: fz.Case) -> None:
         out = invoke(self.channel, case)
         self.sent += 1
+        self.silent = self.silent + 1 if out.code is grpc.StatusCode.DEADLINE_EXCEEDED else 0
         self.framework_internal += out.details == DESERIALIZE
         why = judge(case, out)
         if self.log is not None:
@@ -269,7 +283,12 @@ class Run:
             stream.cancel()
 
         for r in range(rounds):
-            job_id = self.client.submit(spec, name=f"race-{r}").id
+            try:
+                job_id = self.client.submit(spec, name=f"race-{r}").id
+            except grpc.RpcError as e:
+                self.fail(_note("race: SubmitJob of a valid job", "SubmitJob"), "refused", e.code().name,
+                          e.details() or "")
+                return
             self.accepted_ids.append(job_id)
             cancel = ("CancelJob", lambda: stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=t))
             calls = [cancel, cancel, cancel,
@@ -327,7 +346,11 @@ class Run:
         """Every job the fuzz got accepted reaches a final state soon after its CancelJob."""
         deadline = time.monotonic() + within
         for job_id in self.accepted_ids:
-            job = _wait(self.client, job_id, max(0.0, deadline - time.monotonic()))
+            try:
+                job = _wait(self.client, job_id, max(0.0, deadline - time.monotonic()))
+            except grpc.RpcError as e:
+                self.fail(_note(f"GetJob of cancelled job {job_id}"), "refused", e.code().name, e.details() or "")
+                continue
             if job.state not in TERMINAL:
                 self.fail(_note(f"cancelled job {job_id}"), f"an accepted job is still "
                           f"{convert.state_from_pb(job.state)} {within:.0f} s after its CancelJob")
@@ -372,6 +395,18 @@ class Run:
                               e.code().name, e.details() or "")
                     return
                 time.sleep(0.2)
+
+    def normal_job(self, spec: dict[str, Any], within: float = 150.0) -> None:
+        """After all that, an ordinary job trains to SUCCEEDED."""
+        case = _note("a normal job after the fuzz", "SubmitJob")
+        try:
+            final = _wait(self.client, self.client.submit(spec, name="after-the-fuzz").id, within)
+        except grpc.RpcError as e:
+            self.fail(case, "refused or lost", e.code().name, e.details() or "")
+            return
+        if final.state != pb.JOB_STATE_SUCCEEDED:
+            self.fail(case, f"ended {convert.state_from_pb(final.state)} (or not within {within:.0f} s) at step "
+                            f"{final.step}/{final.total_steps}", details=final.error)
 
     def check_alive(self, case: fz.Case) -> bool:
         """The server still runs and says SERVING; False stops the run."""
@@ -448,15 +483,13 @@ def test_a_thousand_hostile_requests_then_a_normal_job(served, tmp_path):
         before = _memory(served.proc.pid)
         run = Run(served, client)
         t0 = time.monotonic()
-        for i, case in enumerate(cases):
-            run.send(case)
-            if i % 50 == 49 and not run.check_alive(case):
-                break
-        run.flood_streams()
-        run.race({**BASE, "steps": 1000})
-        run.all_cancelled()
+        alive = run.fuzz(cases)
+        if alive:
+            run.flood_streams()
+            run.race({**BASE, "steps": 1000})
+            run.all_cancelled()
         fuzz_s = time.monotonic() - t0
-        alive = run.check_alive(_note("after the fuzz"))
+        alive = alive and run.check_alive(_note("after the fuzz"))
         after = _memory(served.proc.pid) if alive else before
         growth = after["VmHWM"] - before["VmRSS"]
         if growth > MEMORY_BOUND:
@@ -464,12 +497,7 @@ def test_a_thousand_hostile_requests_then_a_normal_job(served, tmp_path):
                      f"the server's peak RSS grew by {growth >> 20} MiB (bound {MEMORY_BOUND >> 20} MiB): "
                      f"{before['VmRSS'] >> 20} -> peak {after['VmHWM'] >> 20} MiB")
         if alive:
-            job = client.submit({**JOB, "epochs": 1}, name="after-the-fuzz")
-            final = _wait(client, job.id, 150)
-            if final.state != pb.JOB_STATE_SUCCEEDED:
-                run.fail(_note("a normal job after the fuzz"),
-                         f"a normal job after the fuzz ended {convert.state_from_pb(final.state)} "
-                         f"(step {final.step}/{final.total_steps}): {final.error[:200]}")
+            run.normal_job({**JOB, "epochs": 1})
     summary = (f"{run.sent} requests in {fuzz_s:.0f} s, {run.accepted} accepted and cancelled, "
                f"{run.framework_internal} undecodable ones refused by gRPC itself; server RSS "
                f"{before['VmRSS'] >> 20} MiB before, peak {after['VmHWM'] >> 20} MiB")
