@@ -10,9 +10,10 @@ import time
 import pytest
 
 from service.client import Client
-from service.cluster import ClusterConfig, down, up
+from service.cluster import ClusterConfig, cluster_token, down, up
 from service.rpc import convert
 
+from .test_hardening_ray import gcs_client
 from .test_service_e2e import assert_same_bits, library_weights
 
 JOB = {
@@ -108,3 +109,14 @@ def test_a_node_lost_mid_job_changes_nothing(cluster):
         _, _, weights = c.weights(job.id)
     assert killed_at is not None
     assert_same_bits(weights, library_weights(JOB))
+
+
+def test_the_nodes_admit_only_the_cluster_token(cluster, tmp_path):
+    """The nodes listen on every interface (Ray keeps several nodes off loopback): the
+    token is what keeps other hosts out, and the launcher never starts them without it."""
+    cfg, state = cluster
+    token = cluster_token(cfg.state_dir)
+    assert "KEYS" in gcs_client(state.ray_address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token).stdout
+    for env in ({"HOME": str(tmp_path)}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
+        refused = gcs_client(state.ray_address, **env)
+        assert "KEYS" not in refused.stdout and "auth" in refused.stderr.lower(), (env, refused.stderr[-1500:])
