@@ -7,7 +7,7 @@ An embedded instance (no cluster to join) is private to this process:
   replaces a loopback node address by the machine's own unless its single-host mode is on
   (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), which it therefore is while the instance starts;
 - it requires a token (`RAY_AUTH_MODE=token`) that only this process and its children
-  know, not the shared `~/.ray/auth_token` (which Ray writes readable by everyone);
+  know, not the shared `~/.ray/auth_token` (which Ray writes with the default umask);
 - its processes end within seconds of this one, SIGKILL included. Ray fate-shares the
   GCS and the raylet with us, but the raylet's agents wait 60 s trying to tell the dead
   GCS about the dead raylet; a watchdog kills what is left of the node at once (its
@@ -104,17 +104,21 @@ def _is_loopback(host: str) -> bool:
 
 # --- the watchdog: what is left of the embedded node dies with us ---------------------------------
 
-_watchdog_pipes: list[int] = []  # write ends, held open for this process's lifetime
+_watchdog_pipe: int | None = None  # the write end, held open while the node may run
 
 
 def _start_watchdog(session_dir: str) -> None:
     """A small process, in its own session, that reads a pipe we hold: the kernel closes it
     when we die, however we die; then the watchdog kills the node's remaining processes."""
+    global _watchdog_pipe
     if not sys.platform.startswith("linux"):
         return
+    if _watchdog_pipe is not None:  # a node of an earlier ray.init, stopped since: its watchdog may go
+        os.close(_watchdog_pipe)
+        _watchdog_pipe = None
     read_end, write_end = os.pipe()  # not inherited by the processes we start later
     try:
-        subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), "watch", session_dir],
+        subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), "watch", os.path.realpath(session_dir)],
                          stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     except OSError as e:
@@ -123,7 +127,7 @@ def _start_watchdog(session_dir: str) -> None:
         return
     finally:
         os.close(read_end)
-    _watchdog_pipes.append(write_end)
+    _watchdog_pipe = write_end
 
 
 def node_pids(session_dir: str) -> list[int]:
