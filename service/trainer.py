@@ -49,6 +49,7 @@ class TrainState:
     epoch: int = 0
     position: int = 0  # examples of `epoch` already used
     version: int = 0
+    ledger: dict[str, np.ndarray] = field(default_factory=dict)  # EpochLedger.state_dict(); {} if unknown
 
 
 def check_compatible(model: Model, n_features: int, task: str, n_outputs: int, name: str) -> None:
@@ -96,7 +97,9 @@ class Trainer:
         self.on_step, self.on_weights = on_step, on_weights
         self._perm: tuple[int, np.ndarray] | None = None
         self.ledger = EpochLedger(self.train.n, self.state.epoch)
-        if self.state.position:  # resumed mid-epoch: the ledger re-counts what was used
+        if self.state.ledger:  # resumed: continue from what the workers actually computed
+            self.ledger.load_state_dict(self.state.ledger)
+        elif self.state.position:  # a checkpoint without a ledger (older): count the plan's part
             self.ledger.record(self.state.epoch, self.permutation(self.state.epoch)[:self.state.position])
         self.grad = np.empty_like(self.state.theta)  # the mean gradient, reused every step
         self._norm_sums = np.empty(n_blocks(self.grad.size))  # its norm's block sums
@@ -208,6 +211,8 @@ class Trainer:
         if self.val is not None and ((every and s.step % every == 0) or self.done):
             m.val_loss, m.val_accuracy = self.evaluate()
         m.failures = self.backend.failures - failures0  # the validation pass's recoveries too
+        if self.done:
+            self.ledger.close()  # the last epoch is over however the steps are driven
         if self.on_step:
             self.on_step(m)
         return m
@@ -223,7 +228,6 @@ class Trainer:
     def run(self) -> Iterator[StepMetrics]:
         while not self.done:
             yield self.step()
-        self.ledger.close()
 
     def evaluate(self) -> tuple[float, float | None]:
         """Validation loss and accuracy: forward only, sharded like a training step."""
@@ -251,8 +255,10 @@ class Trainer:
         """A checkpointable copy of the whole state, optimizer moments included."""
         s = self.state
         return TrainState(theta=s.theta.copy(), optimizer=self.optimizer.state_dict(), step=s.step,
-                          epoch=s.epoch, position=s.position, version=s.version)
+                          epoch=s.epoch, position=s.position, version=s.version, ledger=self.ledger.state_dict())
 
     def stats(self) -> dict:
-        return {"epochs": [r.as_dict() for r in self.ledger.reports], "workers": self.backend.nodes(),
+        current = self.ledger.in_progress()
+        epochs = self.ledger.reports + ([current] if current else [])
+        return {"epochs": [r.as_dict() for r in epochs], "workers": self.backend.nodes(),
                 "failures": self.backend.failures, "steps": self.state.step, "total_steps": self.total_steps}

@@ -124,4 +124,33 @@ def test_resume_from_a_snapshot_mid_epoch_is_bitwise(opt):
     for _ in resumed.run():
         pass
     assert resumed.theta.tobytes() == full.theta.tobytes()
-    assert [r["used_once"] for r in resumed.stats()["epochs"]] == [1438]  # the resumed epoch's ledger
+    # the ledger continues from the checkpoint: both epochs, as the uninterrupted run counts them
+    assert resumed.stats()["epochs"] == full.stats()["epochs"]
+    assert [r["used_once"] for r in resumed.stats()["epochs"]] == [1438, 1438]
+
+
+def test_a_resumed_ledger_counts_what_was_computed_not_the_plan():
+    """The checkpoint carries the epoch's actual counts: an example its workers used twice
+    before the checkpoint still shows as duplicated after the resume (re-deriving the
+    counts from the plan would hide it)."""
+    job = {**JOB, "epochs": 1, "chunk_size": 32}
+    first = Trainer(TrainConfig.from_dict(job), backend="local")
+    for _ in range(5):
+        first.step()
+    state = first.snapshot()
+    used = first.permutation(0)[:state.position]
+    state.ledger["counts"][used[0]] += 1  # as if a worker had used it twice
+    resumed = Trainer(TrainConfig.from_dict(job), backend="local", state=state)
+    for _ in resumed.run():
+        pass
+    (report,) = resumed.stats()["epochs"]
+    assert (report["duplicated"], report["used_once"], report["complete"]) == (1, 1437, True)
+
+
+def test_stats_show_the_epoch_in_progress():
+    t = Trainer(TrainConfig.from_dict({**JOB, "epochs": 2}), backend="local")
+    for _ in range(t.steps_per_epoch + 2):
+        t.step()
+    done, current = t.stats()["epochs"]
+    assert done["complete"] and (done["used_once"], done["unused"]) == (1438, 0)
+    assert not current["complete"] and current["used_once"] == 2 * JOB["batch_size"]

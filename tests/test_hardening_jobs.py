@@ -184,3 +184,20 @@ def test_submit_with_the_same_request_id_creates_one_job(c):
     code, msg = _code(lambda: c.submit({**SMALL, "seed": 5}, request_id="retry-7f3a"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("request_id")
     assert convert.state_from_pb(c.wait(a.id).state) == "SUCCEEDED"
+
+
+# --- the ledger through the API ---------------------------------------------------
+def test_get_job_shows_the_epoch_ledger_live_and_after_the_job(c):
+    job = c.submit({**JOB, "epochs": 40, "checkpoint_every": 4})
+    for event in c.watch(job.id):
+        if event.WhichOneof("event") == "metrics" and event.metrics.step >= 18:  # 15 steps an epoch
+            break
+    live = c.get(job.id)
+    assert state(live) == "RUNNING"
+    assert [e.epoch for e in live.stats.epochs][:2] == [0, 1] and live.stats.epochs[0].complete
+    assert not live.stats.epochs[-1].complete and live.stats.epochs[-1].used_once > 0
+    assert len(live.stats.workers) == 2 and all(w.pid for w in live.stats.workers)
+    final = c.wait(job.id).stats
+    assert [(e.epoch, e.used_once, e.duplicated, e.unused, e.complete) for e in final.epochs] == \
+        [(i, 1438, 0, 0, True) for i in range(40)]
+    assert final.failures == 0 and not final.workers

@@ -255,9 +255,10 @@ def test_v1_store_opens_migrates_and_works(tmp_path):
         assert s.transition(old.id, "QUEUED").error is None  # resumable
         new = s.create("new", SPEC, request_id="r1")
         assert s.create("new", SPEC, request_id="r1") == new
-        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert old.stats == {} and s.update(old.id, stats={"failures": 2}).stats == {"failures": 2}  # v3
         s.check_writable()
-    with SqliteJobStore(path) as s:  # reopening a v2 store migrates nothing
+    with SqliteJobStore(path) as s:  # reopening a migrated store migrates nothing
         assert [r.id for r in s.list()[0]] == [old.id, new.id]
         assert s._conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         with pytest.raises(sqlite3.IntegrityError):  # the unique index the migration made
@@ -268,10 +269,10 @@ def test_store_from_a_newer_version_is_refused(tmp_path):
     path = tmp_path / "jobs.sqlite"
     SqliteJobStore(path).close()
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE schema_version SET version = 3")
+    conn.execute("UPDATE schema_version SET version = 4")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match="schema version 3 .* newer"):
+    with pytest.raises(StoreError, match="schema version 4 .* newer"):
         SqliteJobStore(path)
 
 

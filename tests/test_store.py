@@ -358,7 +358,7 @@ def test_sqlite_pragmas_and_schema_version(tmp_path):
     with SqliteJobStore(tmp_path / "jobs.db") as s:
         assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
 
 
 def test_sqlite_job_survives_kill_9(tmp_path):

@@ -32,7 +32,8 @@ def submit_job(m: JobManager, req: pb.JobSpec) -> pb.Job:
 
 
 def get_job(m: JobManager, req: pb.GetJobRequest) -> pb.Job:
-    """The job; while it runs, with its execution statistics (`Job.stats`)."""
+    """The job with its execution statistics (`Job.stats`): live while it runs, else as of
+    its last checkpoint."""
     job = convert.record_to_job(m.record(bounds.check_job_id(req.job_id)))
     stats = m.stats(req.job_id)
     if stats:

@@ -100,6 +100,7 @@ class JobManager:
         self.feeds: dict[str, JobFeed] = {}
         self.weights: dict[str, WeightsFeed] = {}
         self.trainers: dict[str, Trainer] = {}
+        self.earlier_failures: dict[str, int] = {}  # recovered failures of a job's earlier runs
         self.stopping = False
         self.scheduler = threading.Thread(target=self._schedule, name="dptrain-scheduler", daemon=True)
 
@@ -233,6 +234,7 @@ class JobManager:
             state = self.checkpoints.latest(job_id)
             if state is not None:
                 log.info("job %s resumes from its checkpoint at step %d", job_id, state.step)
+            self.earlier_failures[job_id] = int(rec.stats.get("failures", 0))
             trainer = Trainer(config, backend="ray", state=state, on_weights=weights.publish, cancel=cancel)
             self.trainers[job_id] = trainer
             self.store.update(job_id, total_steps=trainer.total_steps)
@@ -260,6 +262,7 @@ class JobManager:
             if trainer is not None:
                 self._quietly(trainer.close)
             self.trainers.pop(job_id, None)
+            self.earlier_failures.pop(job_id, None)
             weights.close()
             with self.lock:
                 self.weights.pop(job_id, None)
@@ -285,7 +288,8 @@ class JobManager:
         history.flush()  # the history is durable up to every checkpoint
         state = trainer.snapshot()
         self.checkpoints.save(job_id, state, mark=final)
-        self.store.update(job_id, checkpoint_step=state.step)
+        kept = {k: v for k, v in self.stats(job_id, trainer).items() if k != "workers"}
+        self.store.update(job_id, checkpoint_step=state.step, stats=kept)
 
     def _finish(self, job_id: str, state: str, feed: JobFeed, error: str | None = None) -> None:
         """Record a final state; if the store cannot write it now, it is retried later
@@ -332,9 +336,15 @@ class JobManager:
         except Exception:  # noqa: BLE001 - cleanup after a failure must not hide it
             log.exception("ignored during cleanup: %s", getattr(fn, "__name__", fn))
 
-    def stats(self, job_id: str) -> dict[str, Any] | None:
-        trainer = self.trainers.get(job_id)
-        return trainer.stats() if trainer else None
+    def stats(self, job_id: str, trainer: Trainer | None = None) -> dict[str, Any]:
+        """Failures (over all of the job's runs) and the epoch ledger: live while it runs,
+        else as of its last checkpoint."""
+        trainer = trainer or self.trainers.get(job_id)
+        if trainer is None:
+            return self.store.get(job_id).stats
+        stats = trainer.stats()
+        stats["failures"] += self.earlier_failures.get(job_id, 0)
+        return stats
 
 
 def _describe(e: BaseException) -> str:

@@ -44,7 +44,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-UPDATABLE = frozenset({"name", "spec", "step", "total_steps", "epoch", "error", "checkpoint_step", "last_metrics"})
+UPDATABLE = frozenset({"name", "spec", "step", "total_steps", "epoch", "error", "checkpoint_step", "last_metrics",
+                       "stats"})
 """Fields :meth:`JobStore.update` may set; state and timestamps change only through transitions."""
 MIN_PREFIX = 4
 """The shortest job id prefix :meth:`JobStore.resolve_id` accepts."""
@@ -146,6 +147,7 @@ class JobRecord:
     error: str | None = None
     checkpoint_step: int | None = None
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # failures and the epoch ledger, as of the last checkpoint
     request_id: str | None = None  # the client's idempotency key, if it sent one
 
 

@@ -1,8 +1,9 @@
 """Checkpoints of a job's training state as ``.npz`` files: written atomically, verified on load.
 
 Layout: ``<root>/<job_id>/step-<step:09d>.npz`` holding ``theta``, the optimizer state
-under ``opt/<name>``, the 0-d int64 counters ``step``, ``epoch``, ``position``,
-``version``, ``format`` and (format 2) ``sha256``. A checkpoint is written to a
+under ``opt/<name>``, the epoch ledger under ``ledger/<name>`` (what the workers
+actually used this epoch; absent in files written before it), the 0-d int64 counters
+``step``, ``epoch``, ``position``, ``version``, ``format`` and (format 2) ``sha256``. A checkpoint is written to a
 temporary file in the same directory, fsynced, renamed over its final name with
 ``os.replace`` and the directory fsynced: after a crash either the complete file exists
 or none does. Leftover temporary files (names starting with ``.``) are never listed or
@@ -59,6 +60,7 @@ FORMAT = 2
 _FORMATS = (1, 2)
 _COUNTERS = ("step", "epoch", "position", "version")
 _OPT = "opt/"
+_LEDGER = "ledger/"  # the epoch ledger (service.ledger.EpochLedger.state_dict); absent in older files
 _SHA = "sha256"
 _FILE = re.compile(r"step-(\d{9,})\.npz")
 _MARK = re.compile(r"step-(\d{9,})\.mark")
@@ -128,6 +130,7 @@ class CheckpointStore:
         arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT, np.int64), "theta": np.asarray(state.theta)}
         arrays.update({c: np.array(int(getattr(state, c)), np.int64) for c in _COUNTERS})
         arrays.update({_OPT + k: np.asarray(v) for k, v in (state.optimizer or {}).items()})
+        arrays.update({_LEDGER + k: np.asarray(v) for k, v in (getattr(state, "ledger", None) or {}).items()})
         for key, a in arrays.items():
             if a.dtype.kind not in "biuf":  # anything else would need pickle to read back
                 raise ValueError(f"checkpoint array {key!r} has dtype {a.dtype}; only numeric arrays are stored")
@@ -292,7 +295,7 @@ def digest(arrays: dict[str, np.ndarray]) -> bytes:
             continue
         a = np.ascontiguousarray(arrays[key])
         h.update(f"{key}\0{a.dtype.str}\0{a.shape}\0".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(memoryview(a.reshape(-1)).cast("B"))  # flat: a 0-d or empty array casts too
     return h.digest()
 
 
@@ -399,7 +402,9 @@ def _to_state(arrays: dict[str, np.ndarray]) -> TrainState:
     from service.trainer import TrainState  # deferred: it imports Ray, the store must not
 
     optimizer = {k[len(_OPT):]: v for k, v in arrays.items() if k.startswith(_OPT)}
-    return TrainState(theta=arrays["theta"], optimizer=optimizer, **{c: int(arrays[c]) for c in _COUNTERS})
+    ledger = {k[len(_LEDGER):]: v for k, v in arrays.items() if k.startswith(_LEDGER)}
+    return TrainState(theta=arrays["theta"], optimizer=optimizer, ledger=ledger,
+                      **{c: int(arrays[c]) for c in _COUNTERS})
 
 
 def _stat_key(path: Path) -> tuple[int, int, int]:

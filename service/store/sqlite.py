@@ -12,7 +12,8 @@ Schema versions: every store file starts from :data:`_SCHEMA_V1` (the first sche
 verbatim) and is brought up to :data:`SCHEMA_VERSION` by the steps in :data:`_MIGRATIONS`,
 in one transaction when it is opened; a new file takes the same path, so the migrations
 run on every test. v2 added ``jobs.request_id`` (SubmitJob's idempotency key, unique when
-set) and the ``probe`` row that :meth:`SqliteJobStore.check_writable` rewrites.
+set) and the ``probe`` row that :meth:`SqliteJobStore.check_writable` rewrites; v3
+``jobs.stats`` (the job's execution statistics, kept after it ends).
 
 Storage failures (SQLite's FULL, IOERR, READONLY, CANTOPEN) raise
 :class:`~service.store.base.StoreUnavailable` naming this file; the transaction is rolled
@@ -51,7 +52,7 @@ from .disk import probe_dir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA_V1 = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE jobs (
@@ -89,13 +90,16 @@ ALTER TABLE jobs ADD COLUMN request_id TEXT;  -- the client's idempotency key
 CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL;
 CREATE TABLE probe (id INTEGER PRIMARY KEY CHECK (id = 0), at REAL NOT NULL);
 """,
+    2: """
+ALTER TABLE jobs ADD COLUMN stats TEXT NOT NULL DEFAULT '{}';  -- JSON: failures and the epoch ledger
+""",
 }
 _UNAVAILABLE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
                           sqlite3.SQLITE_CANTOPEN})
 """Primary result codes that mean the disk failed, not the request."""
 _COLUMNS = ("id", "name", "spec", "state", "created", "started", "finished", "step", "total_steps",
-            "epoch", "error", "checkpoint_step", "last_metrics", "request_id")
-_JSON = ("spec", "last_metrics")
+            "epoch", "error", "checkpoint_step", "last_metrics", "request_id", "stats")
+_JSON = ("spec", "last_metrics", "stats")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 
 
