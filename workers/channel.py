@@ -54,6 +54,7 @@ def serve(path: str, handler: Callable[[str, Any, Any], Any], methods: frozenset
     """
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
+    os.chmod(path, 0o600)  # before listen(): only our user may connect (calls are pickles)
     srv.listen(1)
     srv.settimeout(accept_timeout_s)
 

@@ -80,7 +80,7 @@ def serve(config: ServerConfig) -> Server:
     if removed:
         log.info("removed %d shared-memory files of a server that is gone", len(removed))
     state = config.state_dir
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)  # jobs, checkpoints and uploads: ours alone
     store = SqliteJobStore(state / "jobs.sqlite")
     manager = JobManager(store, CheckpointStore(state / "checkpoints"),
                          DatasetRegistry(store, state / "datasets", config.limits),
