@@ -144,7 +144,9 @@ class TrainerServicer:
     def WatchJob(self, request, context):
         """Streams a job's state changes and per-step metrics until the job finishes.
         Metrics already recorded from `from_step` on are replayed first, so a client can
-        reconnect and resume without gaps.
+        reconnect and resume without gaps. The first event is the job's current state,
+        unless the job has already finished: then its recorded metrics come first. A final
+        state is always the stream's last event; every step's metrics come before it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,8 +177,10 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadDataset(self, request_iterator, context):
-        """Uploads a dataset file (npz or csv): first a header chunk, then data chunks.
-        The returned id is the file's sha256, so uploading the same bytes twice is cheap.
+        """Uploads a dataset file (npz or csv): first a header chunk, then data chunks, then
+        the end marker; nothing partial is ever stored. The returned id is the file's
+        sha256 for npz; for csv it also covers the parse options (the same bytes parsed
+        another way are another dataset). Uploading the same thing twice is cheap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
