@@ -114,14 +114,12 @@ class Method:
     path: str
     client_streaming: bool
     server_streaming: bool
-    request_type: Any = None
-    response_type: Any = None
+    response_type: Any = None  # None: the response is read as bytes
 
 
 def _trainer_methods() -> dict[str, Method]:
     service = pb.DESCRIPTOR.services_by_name["Trainer"]
     return {m.name: Method(f"/{service.full_name}/{m.name}", m.client_streaming, m.server_streaming,
-                           message_factory.GetMessageClass(m.input_type),
                            message_factory.GetMessageClass(m.output_type))
             for m in service.methods}
 
