@@ -218,7 +218,7 @@ def test_get_job_reports_the_ledger_and_workers_and_resume_continues(client):
     deadline = time.monotonic() + 120
     while True:
         got = client.stub.GetJob(pb.GetJobRequest(job_id=job.id))
-        if got.stats.epochs and got.stats.workers or time.monotonic() > deadline:
+        if got.stats.epochs and got.stats.epochs[0].complete and got.stats.workers or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert got.state == pb.JOB_STATE_RUNNING and got.stats.failures == 0

@@ -173,11 +173,23 @@ def cancel_after(seconds: float) -> threading.Event:
 
 
 def test_cancel_while_workers_cannot_start_ends_at_once(cold):
-    """Three 1-CPU workers on 2 CPUs never all start: cancel ends the wait, not the budget."""
-    started = time.monotonic()
-    with pytest.raises(Cancelled):
-        Trainer(config(workers=3, cpus_per_worker=1.0), backend="ray", cancel=cancel_after(1.0))
-    assert time.monotonic() - started < 4
+    """Two 1-CPU workers while another actor holds one of the 2 CPUs: they never all start,
+    and cancel ends the wait, not the recovery budget."""
+
+    @cold.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    cold.get(holder.ping.remote(), timeout=60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Cancelled):
+            Trainer(config(workers=2, cpus_per_worker=1.0), backend="ray", cancel=cancel_after(1.0))
+        assert time.monotonic() - started < 4
+    finally:
+        cold.kill(holder)
     t = Trainer(config(workers=2, cpus_per_worker=1.0, steps=1, epochs=None), backend="ray")  # nothing leaked
     try:
         t.step()
