@@ -82,3 +82,17 @@ def test_yaml_spec_loads():
     yaml = pytest.importorskip("yaml")
     spec = yaml.safe_load("input: 4\nlayers: [linear 8, leaky_relu 0.2, linear 3]\nloss: cross_entropy\n")
     assert Model(spec).spec.nodes[1].attrs == {"alpha": 0.2}
+
+
+def test_shape_errors_name_the_layer_in_the_sequential_form():
+    from workers.engine.graph import build_graph
+    from workers.engine.spec import ModelSpec
+
+    spec = ModelSpec.from_dict({"input": 64, "layers": ["linear 8", {"op": "slice", "start": 5, "stop": 2},
+                                                        "linear 10"], "loss": "cross_entropy"})
+    with pytest.raises(SpecError, match=r"^model\.layers\[1\] \(slice1\)"):
+        build_graph(spec)
+    dag = ModelSpec.from_dict({"input": 4, "nodes": [{"name": "s", "op": "slice", "inputs": ["x"], "start": 3,
+                                                      "stop": 1}], "loss": "mse"})
+    with pytest.raises(SpecError, match=r"^model\.nodes\[0\] \(s\)"):
+        build_graph(dag)

@@ -46,7 +46,7 @@ class Graph:
 
 def _where(spec: ModelSpec, node: NodeSpec) -> str:
     i = next(i for i, n in enumerate(spec.nodes) if n.name == node.name)
-    return f"model.nodes[{i}] ({node.name})"
+    return f"model.{spec.form}[{i}] ({node.name})"
 
 
 def topological_order(spec: ModelSpec) -> list[NodeSpec]:

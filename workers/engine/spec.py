@@ -68,6 +68,7 @@ class ModelSpec:
     nodes: tuple[NodeSpec, ...]
     output: str
     loss: str | None = None
+    form: str = field(default="nodes", compare=False)  # "layers" if written in the sequential form: errors say so
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], limits: Limits = Limits(), path: str = "model") -> "ModelSpec":
@@ -96,7 +97,8 @@ class ModelSpec:
             loss = ALIASES.get(loss, loss)
             if loss not in LOSSES:
                 raise SpecError(f"{path}.loss", f"unknown loss {show(d['loss'])}; choose one of {sorted(LOSSES)}")
-        return cls(input=n_in, nodes=tuple(nodes), output=output, loss=loss)
+        return cls(input=n_in, nodes=tuple(nodes), output=output, loss=loss,
+                   form="layers" if "layers" in d else "nodes")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"input": self.input, "nodes": [n.to_dict() for n in self.nodes],
