@@ -56,9 +56,9 @@ def _wait_state(c: Client, job_id: str, wanted: set[str], timeout: float = 60.0)
 def test_a_job_that_can_never_fit_the_cluster_is_refused_naming_the_field(c):
     code, msg = _code(lambda: c.submit({**SMALL, "workers": 16, "cpus_per_worker": 1}))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert msg.startswith("workers") and "16 CPUs" in msg and "2 CPUs" in msg
+    assert msg.startswith("job.workers") and "16 CPUs" in msg and "2 CPUs" in msg
     code, msg = _code(lambda: c.submit({**SMALL, "workers": 1, "cpus_per_worker": 3}))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("cpus_per_worker")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("job.cpus_per_worker")
 
 
 def test_jobs_that_fit_only_one_at_a_time_queue_instead_of_failing(c):

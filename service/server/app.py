@@ -27,7 +27,7 @@ from .config import ServerConfig
 from .datasets import DatasetRegistry
 from .manager import JobManager
 from .servicer import TrainerServicer
-from .streams import StreamLimiter
+from .streams import DecodeGuard, StreamLimiter
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Trainer"].full_name
@@ -89,7 +89,7 @@ def serve(config: ServerConfig) -> Server:
     threads = config.streams.threads
     # Auth first: a refused client's stream is never counted against anyone's limit.
     streams = StreamLimiter(config.streams)
-    interceptors = ([TokenAuth(config.token)] if config.token else []) + [streams]
+    interceptors = ([TokenAuth(config.token)] if config.token else []) + [streams, DecodeGuard()]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
         interceptors=interceptors,

@@ -143,7 +143,7 @@ class JobManager:
     def _check_cluster_fits(self, config: TrainConfig) -> None:
         need, total = config.workers * config.cpus_per_worker, self.cluster_cpus()
         if need > total + _CPU_EPS:
-            field = "workers" if config.workers > 1 else "cpus_per_worker"
+            field = "job.workers" if config.workers > 1 else "job.cpus_per_worker"
             raise SpecError(field, f"the job needs {need:g} CPUs ({config.workers} workers x "
                                    f"{config.cpus_per_worker:g} cpus_per_worker) but the cluster has "
                                    f"{total:g} CPUs in all")

@@ -58,6 +58,8 @@ def _status(e: Exception) -> grpc.StatusCode:
 
 
 def _abort(method: str, context: grpc.ServicerContext, e: Exception):
+    if context.code() not in (None, grpc.StatusCode.OK):  # aborted already (an undecodable chunk): keep it
+        raise e
     code = _status(e)
     msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     if len(msg) > bounds.ERROR_CHARS:

@@ -1,4 +1,5 @@
-"""A bounded pool for long-lived streams, so unary calls and health always get through.
+"""Interceptors that keep the server answering: a bounded pool for long-lived streams, so
+unary calls and health always get through, and a guard for requests that do not decode.
 
 gRPC's sync server gives every RPC in flight a thread, and a stream (WatchJob,
 StreamWeights, health's Watch, reflection) holds its thread for as long as the client
@@ -86,3 +87,35 @@ class StreamLimiter(grpc.ServerInterceptor):
 
         return HANDLER_KINDS[(streaming, True)](limited, request_deserializer=handler.request_deserializer,
                                                 response_serializer=handler.response_serializer)
+
+
+class DecodeGuard(grpc.ServerInterceptor):
+    """Bytes that do not decode as the method's request are INVALID_ARGUMENT, like any other
+    bad input: gRPC itself would answer INTERNAL and log a traceback per request (a cheap
+    way to flood the log). The handler gets raw bytes and decodes them here."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        decode = handler.request_deserializer if handler is not None else None
+        if decode is None:
+            return handler
+        streaming, responses = handler.request_streaming, handler.response_streaming
+        behaviour = {(False, False): handler.unary_unary, (False, True): handler.unary_stream,
+                     (True, False): handler.stream_unary, (True, True): handler.stream_stream}[(streaming, responses)]
+
+        def parse(raw: bytes, context: grpc.ServicerContext):
+            try:
+                return decode(raw)
+            except Exception:  # noqa: BLE001 - any decoding failure is the client's
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"request: the bytes are not a {details.method.rsplit('/', 1)[-1]} message")
+
+        if streaming:
+            def guarded(raw_iterator, context):
+                return behaviour((parse(raw, context) for raw in raw_iterator), context)
+        else:
+            def guarded(raw, context):
+                return behaviour(parse(raw, context), context)
+
+        return HANDLER_KINDS[(streaming, responses)](guarded, request_deserializer=None,
+                                                     response_serializer=handler.response_serializer)
