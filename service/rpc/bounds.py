@@ -10,7 +10,7 @@ value would only fail later, at run time (``workers: 1000000000``, a timeout of 
 The wire checks (:func:`check_job_spec`, :func:`check_job_id`, ...) read the protobuf
 messages; the numeric ranges are applied by the specs themselves (``service.config``,
 ``service.optim``, ``service.schedules``), so a YAML file run locally meets the same ones.
-A client string shown in an error is clipped (:func:`clip`). This module imports nothing
+A client string shown in an error is clipped (``clip``: ``workers.engine.errors.show``). This module imports nothing
 of the service, so the specs can use it.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from workers.engine.errors import SpecError
+from workers.engine.errors import show as clip
 from workers.engine.spec import Limits as _EngineLimits
 
 # --- strings ----------------------------------------------------------------------------
@@ -40,7 +41,6 @@ PAGE_TOKEN = re.compile(r"[0-9]{1,19}")
 """ListJobsRequest.page_token: ASCII digits of a number below 2**63 (the store's sequence)."""
 ERROR_CHARS = 1000
 """A status message, at most (a last guard: every message is short by construction)."""
-CLIP_CHARS = 64
 """Characters of a client string quoted in an error message."""
 
 # --- repeated fields -------------------------------------------------------------------
@@ -75,12 +75,6 @@ STEPS = 1_000_000_000
 """JobSpec.steps, val_every, checkpoint_every and the schedule's step counts, at most."""
 SEED = INT64_MAX
 """JobSpec.seed, at most."""
-
-
-def clip(s: object, n: int = CLIP_CHARS) -> str:
-    """``repr`` of at most ``n`` characters of a client string, saying how long it really was."""
-    text = s if isinstance(s, str) else str(s)
-    return repr(text[:n]) + (f"... ({len(text)} characters)" if len(text) > n else "")
 
 
 def check_text(value: str, field: str, limit: int) -> None:

@@ -28,10 +28,12 @@ from typing import Any, BinaryIO, Iterator
 
 from service.config import TrainConfig
 from service.store.base import DatasetNotFound, JobStore
+from service.store.disk import fsync_dir
 from service.trainer import check_compatible
 from workers.data import MAX_FILE_BYTES, PARAM_SCHEMAS, Dataset, DatasetSpec, check_limits, load_dataset
 from workers.data import SpecError as DataSpecError
 from workers.engine import SpecError
+from workers.engine.errors import show as clip
 
 from .config import Limits
 
@@ -135,7 +137,7 @@ class DatasetRegistry:
                     "task": train.task, "n_classes": train.n_classes or 0, "n_outputs": train.n_outputs,
                     "size_bytes": size, "filename": filename, "options": options, "created": time.time()}
             os.replace(tmp, self.path_of(info))
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -146,7 +148,7 @@ class DatasetRegistry:
         """(format, canonical csv options, declared size or 0, file name), or the field at fault."""
         fmt = header.get("format")
         if fmt not in FILE_SOURCES:
-            raise SpecError("header.format", f"must be one of {list(FILE_SOURCES)}, got {_clip(fmt)}")
+            raise SpecError("header.format", f"must be one of {list(FILE_SOURCES)}, got {clip(fmt)}")
         declared = header.get("size_bytes") or 0
         if declared < 0:
             raise SpecError("header.size_bytes", f"must be >= 0 (0: not given), got {declared}")
@@ -204,7 +206,7 @@ class DatasetRegistry:
                                     max_examples=self.limits.max_examples,
                                     max_file_bytes=min(self.limits.max_upload_bytes, MAX_FILE_BYTES))
         except DataSpecError as e:
-            raise SpecError(e.field, e.message.replace(tmp, _clip(filename or "the upload"))) from None
+            raise SpecError(e.field, e.message.replace(tmp, clip(filename or "the upload"))) from None
         return train
 
 
@@ -232,16 +234,4 @@ def _dataset_id(sha: str, fmt: str, options: dict[str, Any]) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable before the store records the file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
-
-def _clip(value: Any, limit: int = 64) -> str:
-    """A client's string for an error message, never all of it."""
-    text = str(value)
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")

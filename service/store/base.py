@@ -33,6 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.engine.errors import show as clip
+
 STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -52,13 +54,6 @@ MIN_PREFIX = 4
 MAX_REQUEST_ID = 128
 """The longest idempotency key :meth:`JobStore.create` accepts."""
 _ID = re.compile(r"[0-9a-f]{1,20}")  # what new_job_id() makes, or a prefix of it (fullmatch)
-_CLIP = 64
-
-
-def clip(s: object, n: int = _CLIP) -> str:
-    """``repr`` of at most ``n`` characters of a client-supplied string (and how long it really was)."""
-    text = s if isinstance(s, str) else str(s)
-    return repr(text[:n]) + (f"... ({len(text)} characters)" if len(text) > n else "")
 
 
 class StoreError(Exception):

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .base import StoreError, StoreUnavailable, clip
-from .disk import probe_dir, unavailable
+from .disk import fsync_dir, probe_dir, unavailable
 
 if TYPE_CHECKING:
     from service.trainer import TrainState
@@ -154,7 +154,7 @@ class CheckpointStore:
             raise CheckpointNotFound(f"job {job_id}: no checkpoint at step {step}")
         with self._storage(f"mark step {step} of job {job_id}"):
             (job_dir / f"step-{step:09d}.mark").touch()
-            _fsync_dir(job_dir)
+            fsync_dir(job_dir)
 
     def delete(self, job_id: str) -> None:
         """Remove all of a job's checkpoints."""
@@ -310,7 +310,7 @@ def _write_atomically(final: Path, arrays: dict[str, np.ndarray]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _verified(path: Path) -> dict[str, np.ndarray]:
@@ -411,11 +411,3 @@ def _stat_key(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return st.st_ino, st.st_size, st.st_mtime_ns
 
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (POSIX: the directory entry must be synced too)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

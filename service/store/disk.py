@@ -46,3 +46,12 @@ def probe_dir(directory: str | os.PathLike[str], store: str) -> None:
             Path(tmp).unlink(missing_ok=True)
         except OSError:  # the write's error (or none) is the answer; a stray probe file is harmless
             pass
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename in ``path`` durable (POSIX: the directory entry must be synced too)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -24,7 +24,10 @@ def show(value: object, n: int = SHOW_CHARS) -> str:
     """``repr`` of a client value for an error message, clipped to `n` characters.
 
     A spec can carry a string or structure of any size; an error must never echo it whole.
+    A string is cut before `repr`, so even a huge one costs nothing.
     """
+    if isinstance(value, str):
+        return repr(value[:n]) + (f"... ({len(value)} characters)" if len(value) > n else "")
     try:
         text = repr(value)
     except ValueError:  # an int of more than 4300 digits refuses to become a string
