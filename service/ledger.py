@@ -12,7 +12,7 @@ than from what the plan says they should have.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class EpochReport:
     complete: bool = True  # False for the epoch in progress
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return dict(vars(self))  # dataclasses.asdict deep-copies: ~20x slower, and GetJob asks per epoch
 
     @classmethod
     def of(cls, epoch: int, counts: np.ndarray, complete: bool = True) -> "EpochReport":

@@ -161,12 +161,12 @@ def test_watch_sends_the_final_state_after_every_step(tmp_path):
     feed = manager.feed(job_id)
     feed.set_state("RUNNING")
     for s in range(1, 4):
-        feed.add_metrics(s, metrics_event({"step": s, "epoch": 0, "loss": 1.0}))
+        feed.add_metrics(s, metrics_event(job_id, {"step": s, "epoch": 0, "loss": 1.0}))
     events = handlers.watch_job(manager, pb.WatchJobRequest(job_id=job_id, max_batch=0), lambda: True, batch_s=0)
     got = [next(events) for _ in range(4)]
     assert got[0].WhichOneof("event") == "state" and got[0].state.state == pb.JOB_STATE_RUNNING
     for s in range(4, 44):  # the job's last steps, then its end, while the watcher is between wake-ups
-        feed.add_metrics(s, metrics_event({"step": s, "epoch": 0, "loss": 1.0}))
+        feed.add_metrics(s, metrics_event(job_id, {"step": s, "epoch": 0, "loss": 1.0}))
     feed.set_state("SUCCEEDED")
     got += list(events)
     assert got[-1].WhichOneof("event") == "state" and got[-1].state.state == pb.JOB_STATE_SUCCEEDED

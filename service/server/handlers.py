@@ -104,12 +104,11 @@ def _state_event(job_id: str, state: str, message: str) -> pb.JobEvent:
 
 
 def _metrics_events(job_id: str, new: list[tuple[int, pb.JobEvent]], max_batch: int) -> Iterator[pb.JobEvent]:
-    """One event per step, or `metrics_batch` events of up to `max_batch` steps each.
-
-    The feed's events are shared by every watcher, so each is copied to carry the job id."""
+    """One event per step (the feed's own, shared by every watcher; they carry the job id),
+    or `metrics_batch` events of up to `max_batch` steps each."""
     if max_batch <= 1:
         for _, event in new:
-            yield pb.JobEvent(job_id=job_id, metrics=event.metrics)
+            yield event
         return
     for i in range(0, len(new), max_batch):
         steps = [event.metrics for _, event in new[i:i + max_batch]]

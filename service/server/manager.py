@@ -52,8 +52,9 @@ def ray_cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
-def metrics_event(metrics: dict[str, Any]) -> pb.JobEvent:
-    return pb.JobEvent(metrics=convert.metrics_to_pb(metrics))
+def metrics_event(job_id: str, metrics: dict[str, Any]) -> pb.JobEvent:
+    """A step's event, built once and shared by every watcher of the job."""
+    return pb.JobEvent(job_id=job_id, metrics=convert.metrics_to_pb(metrics))
 
 
 class JobCancelled(Exception):
@@ -179,7 +180,7 @@ class JobManager:
         feed = self.feeds.get(job_id)
         if feed is None:
             rec = self.store.get(job_id)
-            history = [(step, metrics_event(d)) for step, d in self.store.metrics(job_id)]
+            history = [(step, metrics_event(job_id, d)) for step, d in self.store.metrics(job_id)]
             feed = self.feeds.setdefault(job_id, JobFeed(rec.state, history))
         return feed
 
@@ -244,7 +245,7 @@ class JobManager:
                     raise JobCancelled()
                 m = trainer.step()
                 d = m.as_dict()
-                feed.add_metrics(m.step, metrics_event(d))
+                feed.add_metrics(m.step, metrics_event(job_id, d))
                 history.add(m.step, d)
                 prom.observe_step(m)
                 every = config.checkpoint_every
