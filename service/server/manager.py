@@ -103,6 +103,7 @@ class JobManager:
         self.trainers: dict[str, Trainer] = {}
         self.earlier_failures: dict[str, int] = {}  # recovered failures of a job's earlier runs
         self.stopping = False
+        self._short_of_cpus: str | None = None  # the queue's head waiting for nodes (logged once)
         self.scheduler = threading.Thread(target=self._schedule, name="dptrain-scheduler", daemon=True)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -217,9 +218,9 @@ class JobManager:
         rec, need = queued[0], cpus_needed(queued[0].spec)
         free = self.cluster_cpus() - sum(self.reserved.values())
         if need > free + _CPU_EPS:  # gang admission: all of its workers or none; later jobs wait
-            if self.running:
-                return None
-            log.warning("job %s needs %g CPUs; the cluster has %g: it waits for nodes", rec.id, need, free)
+            if not self.running and self._short_of_cpus != rec.id:  # the cluster shrank: say so once
+                log.warning("job %s needs %g CPUs; the cluster has %g: it waits for nodes", rec.id, need, free)
+                self._short_of_cpus = rec.id
             return None
         rec = self.store.transition(rec.id, "RUNNING")
         self.feed(rec.id).set_state("RUNNING")
