@@ -17,7 +17,8 @@ case "$role" in
 esac
 
 # An empty variable means "not set" (compose passes unset ones as empty strings).
-for v in DPTRAIN_TOKEN DPTRAIN_TLS_CERT DPTRAIN_TLS_KEY DPTRAIN_TLS_CA DPTRAIN_METRICS_PORT RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH; do
+for v in DPTRAIN_TOKEN DPTRAIN_TLS_CERT DPTRAIN_TLS_KEY DPTRAIN_TLS_CA DPTRAIN_METRICS_PORT RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH \
+         OPENBLAS_CORETYPE OPENBLAS_L2_SIZE; do
   eval "[ -n \"\${$v:-}\" ] || unset $v"
 done
 if [ "${RAY_AUTH_MODE:-token}" != token ]; then
