@@ -106,11 +106,6 @@ class RayBackend:
         weights returned last time) and/or the object store. Returns where they now are."""
         return self.pool.publish(theta)
 
-    @property
-    def theta_ref(self) -> Any:
-        """The published weights as an object-store reference (put on demand)."""
-        return self.pool.theta_ref()
-
     def run(self, method: str, plans: list[Plan]) -> list[Outcome]:
         return self.pool.run(method, plans)
 

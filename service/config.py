@@ -7,7 +7,7 @@ the second group can change mid-run without moving the trajectory by one bit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from service.optim import OptimizerSpec, drop_unused
@@ -35,7 +35,6 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
     worker_timeout_s: float = 60.0  # a step's answer deadline per worker
     recovery_budget_s: float = 120.0  # time to bring workers back before the job fails
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -46,7 +45,7 @@ class TrainConfig:
         """
         if not isinstance(d, Mapping):
             raise SpecError("job", f"must be a mapping, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)} - {"extra"}
+        names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise SpecError(f"job.{unknown[0]}", f"unknown field; allowed: {sorted(names)}")
@@ -95,7 +94,7 @@ class TrainConfig:
         return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["model"] = self.model.to_dict()
         d["dataset"] = self.dataset.to_dict()
         d["optimizer"] = self.optimizer.to_dict()

@@ -261,14 +261,6 @@ class Optimizer:
         if not (math.isfinite(lr) and lr >= 0.0):
             raise ValueError(f"lr must be finite and >= 0, got {lr}")
 
-    def _grad_norm(self, grad: np.ndarray) -> float:
-        """``||g||_2`` accumulated in float64: each block of ``BLOCK`` squares (exact in
-        float64 for float32 inputs, and free of float32 overflow) is summed by numpy's
-        pairwise summation, then the block sums are, the same way. A fixed order, so the
-        bits depend on nothing else (unlike BLAS dot: not on threads, nor on the CPU's
-        kernel); `service/tail.py` computes the same sums fused with the mean gradient."""
-        return tail.norm(tail.block_sums(grad, self._block_sums, self._sq64))
-
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of all state: ``step`` (0-d int64) plus the named moment buffers."""
         state = {"step": np.array(self._step, dtype=np.int64)}

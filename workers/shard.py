@@ -13,6 +13,7 @@ is built per process and reused; a worker process pins BLAS to 1 thread once for
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -77,17 +78,9 @@ def pin_single_thread_blas() -> None:
     _pinned = True
 
 
-class _Unlimited:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
 def single_thread_blas():
     """A context with 1 BLAS thread: free once pinned, else the cached controller's limit."""
-    return _Unlimited() if _pinned else blas_controller().limit(limits=1, user_api="blas")
+    return nullcontext() if _pinned else blas_controller().limit(limits=1, user_api="blas")
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -126,9 +119,11 @@ class ShardComputer:
 
         With `out` (one array per node of `cover(run)`, training plans only), node j's
         gradient sum is written into out[j]: the leftmost chunk of the node computes
-        straight into it and the node's additions accumulate there (left operand first,
-        as always), so no copy is made. Without it, gradients live in reusable buffers
-        valid until the next call.
+        straight into it (`Model.backward` fills and returns the `grad` it is given) and
+        the node's additions accumulate there (`add_into` writes into its left operand,
+        and `tree_sum` never drops a node's left half, which holds its first chunk), so
+        no copy is made and parts[j].grad is out[j] (tests/test_shm.py checks it). Without
+        it, gradients live in reusable buffers valid until the next call.
         """
         bounds = chunk_bounds(plan.size, plan.chunk)
         n_chunks = len(bounds)
@@ -159,12 +154,7 @@ class ShardComputer:
             else:
                 leaves = [p for ps in self.pool.map(lane, range(lanes)) for p in ps]
         known = {p.node: p for p in leaves}
-        parts = [replace(tree_sum(node, n_chunks, known, add_into), node=node) for node in nodes]
-        for p, o in zip(parts, out if dest else ()):
-            if p.grad is not o:  # cannot happen (sums accumulate into the left operand); be sure
-                np.copyto(o, p.grad)
-                p.grad = o
-        return parts
+        return [replace(tree_sum(node, n_chunks, known, add_into), node=node) for node in nodes]
 
     def _chunk(self, lane: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray, i: int,
                idx: np.ndarray, k: int, train: bool, out: np.ndarray | None = None) -> Partial:

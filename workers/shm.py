@@ -63,10 +63,6 @@ def mode() -> str:
     return "calls" if flag == "calls" else "channel"
 
 
-def enabled() -> bool:
-    return mode() != "off"
-
-
 def _pid_namespace() -> str:
     try:
         link = os.readlink("/proc/self/ns/pid")  # 'pid:[4026531836]'

@@ -21,7 +21,6 @@ class Limits:
 
     max_message_bytes: int = 64 << 20  # per gRPC message, both directions
     max_params: int = 50_000_000  # parameters per job
-    max_width: int = 16384  # units per layer
     max_upload_bytes: int = 512 << 20  # per uploaded dataset
     max_examples: int = 1_000_000  # synthetic datasets' n
     max_predict_rows: int = 100_000
