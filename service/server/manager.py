@@ -25,7 +25,7 @@ from typing import Any, Callable
 from service.config import TrainConfig
 from service.pool import Cancelled
 from service.rpc import convert, pb
-from service.store.base import IllegalTransition, JobRecord, JobStore, StoreError
+from service.store.base import TERMINAL, IllegalTransition, JobRecord, JobStore, StoreError
 from service.store.checkpoints import CheckpointStore
 from service.trainer import Trainer
 from workers.engine import SpecError
@@ -35,8 +35,7 @@ from .datasets import DatasetRegistry
 from .feeds import JobFeed, WeightsFeed
 
 log = logging.getLogger(__name__)
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
-RESUMABLE = ("FAILED", "CANCELLED")
+RESUMABLE = TERMINAL - {"SUCCEEDED"}  # ResumeJob requeues these; SUCCEEDED is final
 _CPU_EPS = 1e-6  # Ray keeps resources to 1e-4; sums of fractional CPUs must not round a fit away
 
 
