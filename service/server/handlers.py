@@ -12,11 +12,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from service.rpc import bounds, convert, pb
+from service.store.base import TERMINAL
 from service.store.checkpoints import CheckpointNotFound
 from workers.engine import Model, SpecError
 
 from .datasets import TooLarge
-from .manager import TERMINAL, JobManager
+from .manager import JobManager
 
 MAX_WATCH_BATCH = 4096  # steps per `metrics_batch` event, at most
 
