@@ -92,22 +92,33 @@ def test_job_over_grpc_spreads_over_nodes_and_matches_the_loop(cluster):
 
 @pytest.mark.timeout(600)
 def test_a_node_lost_mid_job_changes_nothing(cluster):
+    """A raylet killed mid-job: the job recovers from it (counted failures, none before the
+    kill) and still ends on the local loop's bits."""
     cfg, state = cluster
+    kill_step = 20
     with Client(state.grpc_address) as c:
         job = c.submit(JOB)
         killed_at = None
+        failures_by_step: dict[int, int] = {}
         for e in c.watch(job.id):
             if e.WhichOneof("event") != "metrics":
                 continue
-            if e.metrics.step == 20:
+            if e.metrics.step == kill_step:
                 os.kill(_raylet_of(2, cfg), signal.SIGKILL)  # a non-head node's raylet
                 killed_at = time.monotonic()
             if e.metrics.failures:
-                print(f"\n[cluster] node loss recovered {time.monotonic() - killed_at:.1f}s after the kill")
+                if killed_at is not None and not failures_by_step:
+                    print(f"\n[cluster] node loss recovered {time.monotonic() - killed_at:.1f}s after the kill")
+                failures_by_step[e.metrics.step] = e.metrics.failures
         final = c.get(job.id)
         assert convert.state_from_pb(final.state) == "SUCCEEDED", final.error
         _, _, weights = c.weights(job.id)
-    assert killed_at is not None
+    assert killed_at is not None, f"the watch never reported step {kill_step}"
+    # The recovery is the kill's: no step had failed before it, some step after it did, and
+    # the job's own count (GetJob's stats, which also count failures outside a step) agrees.
+    assert failures_by_step, "the killed node's worker was never recovered: the kill did nothing"
+    assert min(failures_by_step) > kill_step, failures_by_step
+    assert final.stats.failures >= sum(failures_by_step.values()) > 0, (final.stats.failures, failures_by_step)
     assert_same_bits(weights, library_weights(JOB))
 
 
