@@ -219,7 +219,10 @@ class Optimizer:
 
         ``grad`` is used as scratch space: its contents are undefined afterwards. A
         non-finite gradient norm raises ``FloatingPointError`` before anything (params,
-        state, step count) is modified, so the caller may skip the batch.
+        state, step count) is modified, so the weights stay those of the last good step.
+        It is not a signal to skip the batch and go on: ``Trainer.step`` has already
+        recorded the batch in the ledger, so a caller that retried or skipped it would
+        leave the ledger counting examples no update used. Treat it as the end of the run.
         ``block_sums``: the norm's block sums of ``grad`` (`service/tail.py`), when the
         caller computed them along with ``grad``; else they are computed here.
         """

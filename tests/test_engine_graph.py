@@ -1,4 +1,7 @@
-"""DAGs: the notes' worked example, branches, residuals, shared parameters, additivity."""
+"""DAGs: the worked example, branches, residuals, shared parameters, additivity.
+
+The mathematics is in docs/backprop.md, 'Branch and merge nodes' and 'Parameter sharing'.
+"""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Pointwise activations: the notes' activation table, one small class each.
+"""Pointwise activations, one small class each (see docs/backprop.md, 'Per-layer rules').
 
 For out = f(x) applied elementwise, the Jacobian is diagonal, so the g_out -> g_in
 recurrence reduces to g_in = g_out * f'(x). Each class writes f'(x) in whichever form

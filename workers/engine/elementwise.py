@@ -1,7 +1,7 @@
-"""Merge and elementwise math ops, for general DAGs such as the notes' worked example.
+"""Merge and elementwise math ops, for general DAGs (see docs/backprop.md, 'Branch and merge nodes').
 
 Binary ops take two inputs of equal width. A value that feeds several nodes (a branch)
-receives the sum of their g_in's: the executor adds them, exactly as in the notes.
+receives the sum of their g_in's: the executor (Model.backward) adds them.
 """
 from __future__ import annotations
 

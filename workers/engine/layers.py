@@ -11,8 +11,8 @@ from .op import Op, has_nan
 class Linear(Op):
     """out = x W + b, with W of shape (fan_in, units).
 
-    Backward (the notes' per-layer rule): g_W = x^T g_out, g_b = 1^T g_out (a sum over
-    the batch, so shard gradients add), g_in = g_out W^T.
+    Backward (see docs/backprop.md, 'Per-layer rules'): g_W = x^T g_out, g_b = 1^T g_out (a
+    sum over the batch, so shard gradients add), g_in = g_out W^T.
     """
 
     required_attrs = ("units",)

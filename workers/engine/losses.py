@@ -1,4 +1,4 @@
-"""Losses as sums of per-example sub-losses, so shard gradients add (the notes' form (S)).
+"""Losses as sums of per-example sub-losses, so shard gradients add (docs/backprop.md, 'Sums of sub-losses').
 
 Each loss returns the *sum* over the batch and its gradient with respect to the model's
 output, g_out = dL/d out, with no 1/N factor: the coordinator divides once by the global
@@ -97,7 +97,7 @@ class BinaryCrossEntropyWithLogits(Loss):
 
 
 class SquaredError(Loss):
-    """l_i = ||out_i - y_i||^2, the notes' l(e) = ||e||^2;  g_out = 2 (out - y)."""
+    """l_i = ||out_i - y_i||^2;  g_out = 2 (out - y) (docs/backprop.md, 'Per-layer rules')."""
 
     name = "mse"
     task = "regression"

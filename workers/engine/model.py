@@ -4,6 +4,8 @@ The decomposition everything rests on: the loss is a sum of per-example sub-loss
 L(theta) = sum_i l_i(theta), so its gradient over a batch is the sum of the gradients
 over any partition of the batch. `grad_sum` therefore returns *sums* (gradient, loss,
 example count, correct predictions); the caller divides once by the global count.
+See docs/backprop.md, 'Sums of sub-losses', and for `backward` 'The chain rule and the
+g_out -> g_in recurrence'.
 """
 from __future__ import annotations
 
