@@ -28,7 +28,7 @@ WORKED_EXAMPLE = {  # y = e^(xz) + xz/ln(x) + sin(ln(x))/(xz), input columns (x,
 }
 
 
-def test_worked_example_of_the_notes():
+def test_worked_example_of_branches_and_merges():
     x, z = 2.0, 3.0
     model = Model(WORKED_EXAMPLE, dtype=np.float64)
     theta = model.init_params(0)
