@@ -452,7 +452,7 @@ class WorkerPool:
         recovery_deadline = started + self.budget_s
         outcomes: dict[int, Outcome] = {}
         pending: dict[Any, _Pending] = {}  # Ray ObjectRef or _ChanCall -> what it computes
-        train = len(plans) > 1 and all(pl.epoch >= 0 for pl in plans)
+        train = len(plans) > 1 and all(pl.trains for pl in plans)
         reducer = _Reducer(plans[0].n_chunks(), self._reduce_scratch) if train else None
         for sl in self.slots:
             sl.used = 0
@@ -486,7 +486,7 @@ class WorkerPool:
                     continue
                 except (RayTaskError, ChannelError):
                     raise  # a bug or bad data, not a lost worker: let the job fail with it
-                if x.out is not None and plans[x.p].epoch >= 0:
+                if x.out is not None and plans[x.p].trains:
                     self._attach_grads(parts, plans[x.p], *x.out)
                 if reducer is not None:
                     parts = parts + reducer.add(parts)
@@ -544,7 +544,7 @@ class WorkerPool:
     def _shm_out(self, slot: Slot, s: int, plan: Plan) -> tuple[Segment | None, int] | None:
         """Where worker s writes this plan's sums: its output file from its next free slot
         (calls to one worker within a step never share a slot). None: use the object store."""
-        n = plan.n_nodes() if plan.epoch >= 0 else 0
+        n = plan.n_nodes() if plan.trains else 0
         first = slot.used
         if n == 0:
             return slot.out, first

@@ -33,7 +33,7 @@ from service.tail import mean_grad, n_blocks
 from service.telemetry import StepMetrics, WorkerTiming
 from workers.data import Dataset, load_dataset
 from workers.engine import Model, SpecError
-from workers.shard import Partial, Plan, add_into, epoch_permutation
+from workers.shard import Partial, Plan, PlanKind, add_into, epoch_permutation
 from workers.tree import chunk_bounds, root, split_runs, tree_sum
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class Trainer:
         n = self.val.n
         bounds = chunk_bounds(n, self.config.chunk_size)
         runs = [r for r in split_runs(len(bounds), self.backend.size) if r[1] > r[0]]
-        plans = [Plan(-1, 0, n, self.config.chunk_size, r) for r in runs]
+        plans = [Plan(0, 0, n, self.config.chunk_size, r, PlanKind.EVALUATE) for r in runs]
         (total,) = self._reduce(self.backend.run("compute", plans), n)
         acc = total.correct / n if self.val.task == "classification" else None
         return total.loss / n, acc

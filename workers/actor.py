@@ -81,7 +81,7 @@ class ShardWorker:
         t0 = time.perf_counter()
         self._maybe_delay()
         theta = self.shm.theta(call)
-        out = self.shm.out_slots(call, plan.n_nodes() if plan.epoch >= 0 else 0)
+        out = self.shm.out_slots(call, plan.n_nodes() if plan.trains else 0)
         parts = self.computer.compute(theta, plan, out=out if out else None)
         for p in parts:
             p.grad = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,12 +25,18 @@ from workers.engine import Model
 from workers.tree import Node, chunk_bounds, cover, tree_sum
 
 
+class PlanKind(Enum):
+    TRAIN = "train"  # gradients over training chunks
+    EVALUATE = "evaluate"  # loss and accuracy over validation chunks, forward only
+
+
 @dataclass(frozen=True)
 class Plan:
     """A worker's share of one step: chunks [run[0], run[1]) of the batch at `start`.
 
-    `epoch` >= 0 reads the training set in that epoch's permutation; -1 reads the
-    validation set in order (forward only).
+    A TRAIN plan reads the training set in `epoch`'s permutation and returns gradient
+    sums; an EVALUATE plan reads the validation set in order, forward only (its `epoch`
+    is unused).
     """
 
     epoch: int
@@ -37,6 +44,11 @@ class Plan:
     size: int
     chunk: int
     run: tuple[int, int]
+    kind: PlanKind = PlanKind.TRAIN
+
+    @property
+    def trains(self) -> bool:
+        return self.kind is PlanKind.TRAIN
 
     def n_chunks(self) -> int:
         return -(-self.size // self.chunk)
@@ -129,7 +141,7 @@ class ShardComputer:
         n_chunks = len(bounds)
         a, b = plan.run
         nodes = cover(a, b, n_chunks)
-        train = plan.epoch >= 0
+        train = plan.trains
         if train:
             X, y = self.X, self.y
             order = self.permutation(plan.epoch)[plan.start:plan.start + plan.size]
