@@ -19,9 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dptrain.execution import channel  # noqa: E402
 from timing import compiled_graph_ms, median_ms  # noqa: E402
-
-from workers import channel  # noqa: E402
 
 MESSAGE = (7, "compute_shm", ("/dev/shm/dptrain-1234.4026531836-0123456789abcdef-theta", 123456789, 42),
            (0, 1024, 1024, 256, (0, 2)))

@@ -13,9 +13,8 @@ import argparse
 import time
 
 import numpy as np
+from dptrain.engine import Model
 from threadpoolctl import threadpool_limits
-
-from workers.engine import Model
 
 SPEC = {"input": 784, "layers": ["linear 512", "relu", "linear 512", "relu", "linear 10"],
         "loss": "cross_entropy"}

@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 
-# The repository root first: bench/service.py must not shadow the `service` package.
+# The repository root first: bench/dptrain.py must not shadow the `service` package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from timing import compiled_graph_ms, median_ms  # noqa: E402
@@ -48,8 +48,8 @@ def job(workers: int, steps: int, chunk: int | None) -> dict:
 
 
 def ours(workers: int, steps: int, warmup: int, chunk: int | None, data, transport: str = "1") -> dict:
-    from service.config import TrainConfig
-    from service.trainer import Trainer
+    from dptrain.core.config import TrainConfig
+    from dptrain.core.trainer import Trainer
 
     old = os.environ.get("DPTRAIN_SHM")
     os.environ["DPTRAIN_SHM"] = transport
@@ -76,8 +76,8 @@ def ours(workers: int, steps: int, warmup: int, chunk: int | None, data, transpo
 
 def breakdown(steps: int, warmup: int, chunk: int | None, data) -> None:
     """Where the coordinator's time goes: the trainer's calls timed from outside (2 workers)."""
-    from service.config import TrainConfig
-    from service.trainer import Trainer
+    from dptrain.core.config import TrainConfig
+    from dptrain.core.trainer import Trainer
 
     t = Trainer(TrainConfig.from_dict(job(2, steps + warmup, chunk)), backend="ray", data=data)
     spans: dict[str, list[float]] = {}
@@ -116,7 +116,7 @@ def breakdown(steps: int, warmup: int, chunk: int | None, data) -> None:
 
 
 def tail_impl() -> str:
-    from service import tail
+    from dptrain.core import tail
 
     return "compiled kernel" if tail.compiled() else "numpy passes"
 
@@ -132,8 +132,7 @@ def ray_round_trip(iters: int = 100) -> tuple[float, float | None]:
     the same exchange as a Ray Compiled Graph (shared-memory channels; None if it fails)."""
     import numpy as np
     import ray
-
-    from service.config import TrainConfig
+    from dptrain.core.config import TrainConfig
 
     n = TrainConfig.from_dict(job(1, 1, None)).build_model().num_params
 
@@ -156,10 +155,9 @@ def ray_round_trip(iters: int = 100) -> tuple[float, float | None]:
 
 def local_rate(steps: int, chunk: int | None, data) -> float:
     """The in-process loop, 1 BLAS thread: the single-core reference."""
+    from dptrain.core.config import TrainConfig
+    from dptrain.core.trainer import Trainer
     from threadpoolctl import threadpool_limits
-
-    from service.config import TrainConfig
-    from service.trainer import Trainer
 
     t = Trainer(TrainConfig.from_dict(job(1, steps + 3, chunk)), backend="local", data=data)
     with threadpool_limits(1, "blas"):
@@ -170,8 +168,8 @@ def local_rate(steps: int, chunk: int | None, data) -> float:
 def chunk_cost(data, reps: int = 40) -> None:
     """The price of the fixed tree on one core: a shard computed as fixed micro-chunks
     (then summed along the tree) vs one GEMM per shard. Interleaved; medians."""
-    from service.config import TrainConfig
-    from workers.shard import Plan, ShardComputer, pin_single_thread_blas
+    from dptrain.core.config import TrainConfig
+    from dptrain.core.shard import Plan, ShardComputer, pin_single_thread_blas
 
     pin_single_thread_blas()
     cfg = TrainConfig.from_dict(job(1, 1, None))
@@ -265,9 +263,8 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="only time the parts of a 2-worker step")
     args = ap.parse_args()
     import ray
-
-    from service.config import TrainConfig
-    from workers.data import load_dataset
+    from dptrain.core.config import TrainConfig
+    from dptrain.data import load_dataset
 
     cfg = TrainConfig.from_dict(job(1, 1, args.chunk))
     data = load_dataset(cfg.dataset)

@@ -1,8 +1,8 @@
 """Service benchmarks: submit-to-first-step latency, GetJob latency under 50 open
 WatchJob streams, the gRPC path's throughput overhead, and `dptrain demo` end to end.
 
-    python bench/service.py              # all four
-    python bench/service.py --skip-demo
+    python bench/dptrain.py              # all four
+    python bench/dptrain.py --skip-demo
 
 Targets: first step <= 1 s on a warm server; GetJob p99 <= 50 ms with 50 streams open;
 gRPC-path throughput within 3% of the library path; demo <= 30 s including Ray's start.
@@ -22,11 +22,10 @@ if __package__ in (None, ""):  # run as a script: keep bench/ from shadowing the
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import grpc  # noqa: E402
-
-from service.client import Client  # noqa: E402
-from service.config import TrainConfig  # noqa: E402
-from service.server import ServerConfig, serve  # noqa: E402
-from service.trainer import Trainer  # noqa: E402
+from dptrain.client import Client  # noqa: E402
+from dptrain.core.config import TrainConfig  # noqa: E402
+from dptrain.core.trainer import Trainer  # noqa: E402
+from dptrain.server import ServerConfig, serve  # noqa: E402
 
 SMALL = {"model": {"input": 64, "layers": ["linear 64", "relu", "linear 10"], "loss": "cross_entropy"},
          "dataset": {"name": "digits"}, "optimizer": {"name": "sgd", "lr": 0.1}, "batch_size": 64,
@@ -119,7 +118,7 @@ def grpc_overhead(c: Client, rounds: int = 3) -> tuple[float, float, float]:
 def demo_seconds() -> float:
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "service.cli", "demo", "--output", str(Path(d) / "w.npz")],
+        subprocess.run([sys.executable, "-m", "dptrain.cli", "demo", "--output", str(Path(d) / "w.npz")],
                        check=True, capture_output=True)
         return time.perf_counter() - t0
 
@@ -131,7 +130,7 @@ def server_subprocess(state: Path, fn):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "dptrain.cli", "serve", "--port", str(port),
                              "--state-dir", str(state), "--ray-num-cpus", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"

@@ -21,10 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dptrain.core import tail  # noqa: E402
+from dptrain.core.optim import BLOCK, OptimizerSpec, make_optimizer  # noqa: E402
 from timing import median_ms as ms  # noqa: E402
-
-from service import tail  # noqa: E402
-from service.optim import BLOCK, OptimizerSpec, make_optimizer  # noqa: E402
 
 P, COUNT, LR = 669_706, 1024, 0.01
 

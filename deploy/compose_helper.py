@@ -26,10 +26,9 @@ def free_port() -> int:
 
 def compare(spec_path: str, got_path: str) -> int:
     import numpy as np
-
-    from service.cli.specfile import load_spec
-    from service.config import TrainConfig
-    from service.trainer import Trainer
+    from dptrain.cli.specfile import load_spec
+    from dptrain.core.config import TrainConfig
+    from dptrain.core.trainer import Trainer
 
     spec = load_spec(spec_path)
     spec.pop("name", None)
@@ -58,8 +57,8 @@ def compare(spec_path: str, got_path: str) -> int:
 
 
 def wait_running(address: str, job_id: str, min_step: int, timeout_s: float) -> int:
-    from service.client import Client
-    from service.rpc import convert
+    from dptrain.client import Client
+    from dptrain.rpc import convert
 
     deadline = time.monotonic() + timeout_s
     with Client(address, timeout=10) as c:
@@ -116,7 +115,7 @@ def same(a_path: str, b_path: str) -> int:
 
 
 def failures(address: str, job_id: str) -> int:
-    from service.client import Client
+    from dptrain.client import Client
 
     with Client(address, timeout=10) as c:
         for event in c.watch(job_id):

@@ -66,9 +66,9 @@ if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null \
 fi
 # Debian's client matches Debian's daemon (another docker client may be earlier in PATH).
 DOCKER="$(command -v /usr/bin/docker || command -v docker)"
-"$PYTHON" -c 'import service.client, service.trainer, yaml, numpy' \
+"$PYTHON" -c 'import dptrain.client, dptrain.core.trainer, yaml, numpy' \
   || { echo "test-compose.sh: PYTHON=$PYTHON cannot import the project" >&2; exit 2; }
-CLI=("$PYTHON" -c "import sys; from service.cli import main; sys.exit(main())")
+CLI=("$PYTHON" -c "import sys; from dptrain.cli import main; sys.exit(main())")
 if pid=$(pgrep -x dockerd); then
   echo "test-compose.sh: a dockerd is already running (pid $pid); this test starts and stops its own" >&2
   exit 2

@@ -1,6 +1,6 @@
 """A small Python client for the dptrain gRPC service.
 
-    from service.client import Client
+    from dptrain.client import Client
     c = Client("127.0.0.1:50051")                # token=..., tls_ca=... when configured
     job = c.submit(yaml.safe_load(open("examples/digits_mlp.yaml")))
     for event in c.watch(job.id):                # reconnects and resumes without gaps
@@ -18,12 +18,11 @@ from typing import Any, Iterator, Mapping
 
 import grpc
 import numpy as np
+from dptrain.rpc import convert, pb, pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.rpc import convert, pb, pb_grpc
-
 UPLOAD_CHUNK = 1 << 20
-JOB_ID_LENGTH = 20  # hex digits (service.store.base.new_job_id)
+JOB_ID_LENGTH = 20  # hex digits (dptrain.store.base.new_job_id)
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 

@@ -197,7 +197,7 @@ def up(cfg: ClusterConfig) -> ClusterState:
             _wait_for([state.nodes[-1]], lambda p, k=i: _raylet_sockets(cfg) > k or _ray_ready(p),
                       "started", cfg.ready_timeout_s)
         _wait_for(state.nodes, _ray_ready, "ready", cfg.ready_timeout_s)
-        serve = [sys.executable, "-m", "service.cli", "serve", "--port", str(cfg.grpc_port),
+        serve = [sys.executable, "-m", "dptrain.cli", "serve", "--port", str(cfg.grpc_port),
                  "--ray-address", state.ray_address, "--state-dir", str(cfg.state_dir / "coordinator")]
         state.coordinator = _spawn("coordinator", serve, env, logs)
         state.save(cfg.state_file)
@@ -209,7 +209,7 @@ def up(cfg: ClusterConfig) -> ClusterState:
 
 
 def _serving(address: str) -> bool:
-    from service.client import Client
+    from dptrain.client import Client
 
     with Client(address) as c:
         return c.healthy(timeout=1.0)

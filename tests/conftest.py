@@ -4,7 +4,17 @@ from __future__ import annotations
 import os
 import sys
 
-import pytest
+# Bitwise results depend on which OpenBLAS kernel runs the GEMMs (AVX-512 and AVX2 kernels
+# round differently). The golden weights (tests/test_golden.py) were recorded with the
+# Haswell (AVX2) kernel, which every x86-64 machine here can run: pin it for this session and
+# every process it starts (servers, Ray workers), before numpy is loaded, unless the caller
+# chose one. docs/engine-numerics.md says more.
+if "OPENBLAS_CORETYPE" not in os.environ:
+    if "numpy" in sys.modules:  # too late: OpenBLAS reads the variable when it loads
+        raise RuntimeError("numpy was imported before tests/conftest.py could set OPENBLAS_CORETYPE")
+    os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -24,7 +34,7 @@ def ray_session():
 @pytest.fixture(scope="module")
 def server(ray_session, tmp_path_factory):
     """A real gRPC server on loopback with a real SQLite store, two jobs at a time."""
-    from service.server import ServerConfig, serve
+    from dptrain.server import ServerConfig, serve
 
     srv = serve(ServerConfig(port=0, state_dir=tmp_path_factory.mktemp("state"), max_running_jobs=2))
     yield srv
@@ -33,7 +43,7 @@ def server(ray_session, tmp_path_factory):
 
 @pytest.fixture
 def client(server):
-    from service.client import Client
+    from dptrain.client import Client
 
     with Client(server.address) as c:
         yield c

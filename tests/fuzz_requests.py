@@ -25,9 +25,8 @@ from typing import Any, Callable
 
 import grpc
 import numpy as np
+from dptrain.rpc import convert, pb
 from google.protobuf import message_factory
-
-from service.rpc import convert, pb
 
 C = grpc.StatusCode
 REFUSALS = frozenset({C.INVALID_ARGUMENT, C.NOT_FOUND, C.FAILED_PRECONDITION, C.RESOURCE_EXHAUSTED,

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.cli import main
+from dptrain.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -87,7 +86,7 @@ def test_gradcheck_command(cli):
 
 @pytest.mark.timeout(300)
 def test_demo_runs_end_to_end(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "service.cli", "demo", "--epochs", "3",
+    out = subprocess.run([sys.executable, "-m", "dptrain.cli", "demo", "--epochs", "3",
                           "--output", str(tmp_path / "w.npz")], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "validation accuracy" in out.stdout and (tmp_path / "w.npz").exists()

@@ -8,10 +8,9 @@ import subprocess
 import time
 
 import pytest
-
-from service.client import Client
-from service.cluster import ClusterConfig, cluster_token, down, up
-from service.rpc import convert
+from dptrain.client import Client
+from dptrain.cluster import ClusterConfig, cluster_token, down, up
+from dptrain.rpc import convert
 
 from .test_hardening_ray import gcs_client
 from .test_service_e2e import assert_same_bits, library_weights

@@ -9,10 +9,9 @@ import time
 
 import numpy as np
 import pytest
-
-from service.config import TrainConfig
-from service.pool import WorkersLost
-from service.trainer import Trainer
+from dptrain.core.config import TrainConfig
+from dptrain.core.trainer import Trainer
+from dptrain.execution.pool import WorkersLost
 
 DIGITS_JOB = {
     "model": {"input": 64, "layers": ["linear 32", "tanh", "linear 10"], "loss": "cross_entropy"},
@@ -72,8 +71,8 @@ def test_eight_workers_tiny_model(ray_session):
 
 def test_in_process_loop_equals_the_plain_formula():
     """With one chunk per batch the trainer is exactly: g = grad_sum / n; adam step."""
-    from service.optim import make_optimizer
-    from workers.shard import epoch_permutation
+    from dptrain.core.optim import make_optimizer
+    from dptrain.core.shard import epoch_permutation
 
     cfg = config(chunk_size=100, steps=5, epochs=None)
     t = Trainer(cfg, backend="local")

@@ -5,11 +5,10 @@ import time
 
 import numpy as np
 import pytest
-
-from service.config import TrainConfig
-from service.ledger import EpochLedger, LedgerError
-from service.trainer import Trainer
-from workers.engine import SpecError
+from dptrain.core.config import TrainConfig
+from dptrain.core.ledger import EpochLedger, LedgerError
+from dptrain.core.trainer import Trainer
+from dptrain.engine import SpecError
 
 JOB = {
     "model": {"input": 64, "layers": ["linear 32", "relu", "linear 10"], "loss": "cross_entropy"},

@@ -1,4 +1,4 @@
-"""Tests for workers.data: specs, sources, determinism, splits, file loaders."""
+"""Tests for dptrain.data: specs, sources, determinism, splits, file loaders."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from workers.data import (
+from dptrain.data import (
     CLASSIFICATION,
     PARAM_SCHEMAS,
     REGRESSION,
@@ -21,7 +18,9 @@ from workers.data import (
     load_dataset,
     train_val_split,
 )
-from workers.data import loader as loader_module
+from dptrain.data import loader as loader_module
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def spec(name: str, val_fraction: float = 0.0, seed: int = 0, **params) -> DatasetSpec:

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dptrain.engine import gradcheck
+from dptrain.engine.registry import OPS
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from workers.engine import gradcheck
-from workers.engine.registry import OPS
 
 TOL = 1e-6
 POINTWISE = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus", "prelu",
@@ -69,7 +68,7 @@ def test_linear_without_bias():
 
 
 def test_softmax_cross_entropy_is_stable_for_huge_logits():
-    from workers.engine import Model
+    from dptrain.engine import Model
 
     model = Model({"input": 2, "layers": ["linear 3"], "loss": "cross_entropy"}, dtype=np.float64)
     theta = model.init_params(0) * 1e4

@@ -7,10 +7,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from dptrain.engine import Model, gradcheck
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from workers.engine import Model, gradcheck
 
 WORKED_EXAMPLE = {  # y = e^(xz) + xz/ln(x) + sin(ln(x))/(xz), input columns (x, z)
     "input": 2, "output": "y",

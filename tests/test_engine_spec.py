@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import pytest
-
-from workers.engine import Limits, Model, ModelSpec, SpecError
+from dptrain.engine import Limits, Model, ModelSpec, SpecError
 
 MLP = {"input": 4, "layers": ["linear 8", "relu", "linear 3"], "loss": "cross_entropy"}
 
@@ -85,8 +84,8 @@ def test_yaml_spec_loads():
 
 
 def test_shape_errors_name_the_layer_in_the_sequential_form():
-    from workers.engine.graph import build_graph
-    from workers.engine.spec import ModelSpec
+    from dptrain.engine.graph import build_graph
+    from dptrain.engine.spec import ModelSpec
 
     spec = ModelSpec.from_dict({"input": 64, "layers": ["linear 8", {"op": "slice", "start": 5, "stop": 2},
                                                         "linear 10"], "loss": "cross_entropy"})

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from service.config import TrainConfig
-from service.trainer import Trainer
+from dptrain.core.config import TrainConfig
+from dptrain.core.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).with_name("golden_weights.json")

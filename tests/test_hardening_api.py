@@ -5,8 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-
-from service.rpc import convert, pb
+from dptrain.rpc import convert, pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 TINY = {

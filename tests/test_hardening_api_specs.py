@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from service.config import TrainConfig
-from service.optim import OptimizerSpec
-from service.rpc import convert, pb
-from service.schedules import ScheduleSpec
-from workers.engine import SpecError
+from dptrain.core.config import TrainConfig
+from dptrain.core.optim import OptimizerSpec
+from dptrain.core.schedules import ScheduleSpec
+from dptrain.engine import SpecError
+from dptrain.rpc import convert, pb
 
 GOOD = {
     "model": {"input": 64, "layers": ["linear 16", "relu", "linear 10"], "loss": "cross_entropy"},
@@ -148,12 +147,12 @@ def test_stats_to_pb_maps_the_ledger_and_the_workers():
 def test_watch_sends_the_final_state_after_every_step(tmp_path):
     """The training thread records the last steps and then the final state between two
     wake-ups of a watcher: the watcher must send the steps first (max_batch 0 did not)."""
-    from service.server import handlers
-    from service.server.config import Limits
-    from service.server.datasets import DatasetRegistry
-    from service.server.manager import JobManager, metrics_event
-    from service.store.checkpoints import CheckpointStore
-    from service.store.memory import MemoryJobStore
+    from dptrain.server import handlers
+    from dptrain.server.config import Limits
+    from dptrain.server.datasets import DatasetRegistry
+    from dptrain.server.manager import JobManager, metrics_event
+    from dptrain.store.checkpoints import CheckpointStore
+    from dptrain.store.memory import MemoryJobStore
 
     store = MemoryJobStore()
     manager = JobManager(store, CheckpointStore(tmp_path / "ckpt"), DatasetRegistry(store, tmp_path / "ds", Limits()))

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.config import TrainConfig
-from service.server.config import Limits
-from service.server.datasets import DatasetRegistry
-from service.store.memory import MemoryJobStore
-from workers.data import DatasetSpec, SpecError, load_dataset
-from workers.data import loader as loader_module
-from workers.engine import SpecError as EngineSpecError
+from dptrain.core.config import TrainConfig
+from dptrain.data import DatasetSpec, SpecError, load_dataset
+from dptrain.data import loader as loader_module
+from dptrain.engine import SpecError as EngineSpecError
+from dptrain.server.config import Limits
+from dptrain.server.datasets import DatasetRegistry
+from dptrain.store.memory import MemoryJobStore
 
 
 def write_bomb(path: Path, rows: int, cols: int = 8) -> Path:
@@ -105,7 +104,7 @@ def test_a_directory_understating_a_member_is_refused_unread(tmp_path):
 
 
 def test_a_member_is_never_read_past_its_declared_size():
-    from workers.data.archive import ArchiveError, _Capped
+    from dptrain.data.archive import ArchiveError, _Capped
 
     capped = _Capped(io.BytesIO(b"x" * 100), 10, "array 'X'")
     assert capped.read(4) == b"xxxx"
@@ -209,7 +208,7 @@ def test_csv_in_blocks_is_bitwise_the_whole_file(tmp_path, monkeypatch):
     path = tmp_path / "d.csv"
     path.write_text("".join(",".join(repr(float(v)) for v in row) + f",{label}\n" for row, label in zip(X, y)))
     whole = load_dataset({"name": "csv", "params": {"path": str(path)}}, dtype="float64")[0]
-    monkeypatch.setattr("workers.data.files.BLOCK_CELLS", 7, raising=False)
+    monkeypatch.setattr("dptrain.data.files.BLOCK_CELLS", 7, raising=False)
     blocks = load_dataset({"name": "csv", "params": {"path": str(path)}}, dtype="float64")[0]
     assert whole.X.tobytes() == blocks.X.tobytes() == X.tobytes() and np.array_equal(blocks.y, y)
     (tmp_path / "bad.csv").write_text("a,b\n" + "1,0\n" * 30 + "1,-2\n")  # the bad label is in a later block

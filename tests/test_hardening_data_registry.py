@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.config import TrainConfig
-from service.server.config import Limits
-from service.server.datasets import DatasetRegistry, TooLarge, UploadEnd
-from service.store.memory import MemoryJobStore
-from workers.data import load_dataset
-from workers.engine import SpecError
+from dptrain.core.config import TrainConfig
+from dptrain.data import load_dataset
+from dptrain.engine import SpecError
+from dptrain.server.config import Limits
+from dptrain.server.datasets import DatasetRegistry, TooLarge, UploadEnd
+from dptrain.store.memory import MemoryJobStore
 
 from .test_hardening_data import write_bomb
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
-from service.client import Client
-from service.rpc import pb, pb_grpc
+from dptrain.client import Client
+from dptrain.rpc import pb, pb_grpc
 
 from .test_hardening_data import write_bomb
 
@@ -30,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def small_server(ray_session, tmp_path_factory):
-    from service.server import ServerConfig, serve
-    from service.server.config import Limits
+    from dptrain.server import ServerConfig, serve
+    from dptrain.server.config import Limits
 
     state = tmp_path_factory.mktemp("state")
     srv = serve(ServerConfig(port=0, state_dir=state, limits=Limits(max_upload_bytes=8 << 20)))
@@ -128,7 +127,7 @@ def test_a_client_killed_mid_upload_leaves_nothing(client, small_server, tmp_pat
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
 import grpc
-from service.rpc import pb, pb_grpc
+from dptrain.rpc import pb, pb_grpc
 def stream():
     yield pb.DatasetChunk(header=pb.DatasetHeader(filename="d.npz", format="npz"))
     yield pb.DatasetChunk(data=b"PK" * 5000)
@@ -189,7 +188,7 @@ def test_sources_too_big_to_build_are_refused_at_submit(client, params, field):
 
 
 def test_the_cli_passes_every_csv_option(small_server, tmp_path, capsys):
-    from service.cli import main
+    from dptrain.cli import main
 
     (tmp_path / "d.csv").write_text("1;2;0.5\n3;4;1.5\n5;6;2.5\n")
     args = ["datasets", "upload", "--address", small_server.address, str(tmp_path / "d.csv"),

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from dptrain.client import Client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from service.client import Client
 
 from .test_service_e2e import JOB, assert_same_bits, library_weights, state
 
@@ -59,7 +58,7 @@ def _until(predicate, timeout: float, what: str):
 
 @pytest.mark.timeout(300)
 def test_disk_full_mid_job_then_space_returns(ray_session, tiny_disk):
-    from service.server import ServerConfig, serve
+    from dptrain.server import ServerConfig, serve
 
     server = serve(ServerConfig(port=0, state_dir=tiny_disk))
     try:

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from service.cli import main
-from service.config import TrainConfig
-from workers.engine import Limits, Model, SpecError, gradcheck
-from workers.engine.registry import OPS
+from dptrain.cli import main
+from dptrain.core.config import TrainConfig
+from dptrain.engine import Limits, Model, SpecError, gradcheck
+from dptrain.engine.registry import OPS
 
 INF, NAN = np.inf, np.nan
 RELU_POW = {"input": 3, "layers": ["linear 4", "relu", "pow 0.5", "linear 1"], "loss": "mse"}
@@ -121,7 +120,7 @@ def test_relu_then_sqrt_trains_at_step_one_like_pytorch():
 
 def test_relu_then_sqrt_job_trains_in_the_local_loop():
     """The same spec as a job: step 1's gradient norm was NaN, and every later loss."""
-    from service.trainer import Trainer
+    from dptrain.core.trainer import Trainer
 
     job = {"model": RELU_POW, "dataset": {"name": "regression", "params": {"n": 256, "d": 3, "outputs": 1}},
            "optimizer": {"name": "sgd", "lr": 0.01}, "batch_size": 64, "epochs": 2}

@@ -5,7 +5,7 @@ import os
 import stat
 import time
 
-from workers import channel
+from dptrain.execution import channel
 
 
 def test_the_call_socket_is_ours_alone_before_anyone_can_connect(tmp_path):
@@ -21,7 +21,7 @@ def test_the_call_socket_is_ours_alone_before_anyone_can_connect(tmp_path):
 
 
 def test_the_state_directory_is_private(ray_session, tmp_path):
-    from service.server import ServerConfig, serve
+    from dptrain.server import ServerConfig, serve
 
     state = tmp_path / "home" / "state"
     old = os.umask(0o022)

@@ -37,11 +37,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from dptrain.client import Client
+from dptrain.rpc import convert, pb
 from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from service.client import Client
-from service.rpc import convert, pb
 
 from . import fuzz_requests as fz
 from .test_service_crash import free_port, kill_group
@@ -80,7 +79,7 @@ def served(tmp_path_factory):
     """`dptrain serve` in its own process (its memory is measured alone), logging to a file."""
     state = tmp_path_factory.mktemp("fuzz-state")
     port, log = free_port(), state / "server.log"
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+    cmd = [sys.executable, "-m", "dptrain.cli", "serve", "--port", str(port),
            "--state-dir", str(state), "--ray-num-cpus", "2"]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)

@@ -7,11 +7,10 @@ import time
 
 import grpc
 import pytest
+from dptrain.client import Client
+from dptrain.rpc import convert, pb
+from dptrain.server.streams import StreamLimits
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from service.client import Client
-from service.rpc import convert, pb
-from service.server.streams import StreamLimits
 
 from .test_service_e2e import JOB, assert_same_bits, library_weights, state
 
@@ -21,7 +20,7 @@ SLOW = {**JOB, "epochs": 400}  # thousands of steps: runs until cancelled
 
 @pytest.fixture(scope="module")
 def srv(ray_session, tmp_path_factory):
-    from service.server import ServerConfig, serve
+    from dptrain.server import ServerConfig, serve
 
     cfg = ServerConfig(port=0, state_dir=tmp_path_factory.mktemp("state"), max_running_jobs=5,
                        streams=StreamLimits(total=6, per_client=4, unary_threads=8))

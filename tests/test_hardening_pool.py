@@ -9,10 +9,10 @@ import threading
 import time
 
 import pytest
+from dptrain.core.trainer import Trainer
+from dptrain.execution.pool import Cancelled
+from dptrain.execution.warm import WARM
 
-from service.pool import Cancelled
-from service.trainer import Trainer
-from service.warm import WARM
 from tests.test_core_exactness import config, local_weights, same_bits
 
 
@@ -239,7 +239,7 @@ def test_cancel_during_a_step_and_during_a_recovery(cold):
 def test_a_job_the_cluster_can_never_fit_fails_at_once_naming_workers(cold):
     """16 workers of 1 CPU on 2 CPUs used to wait for the whole recovery budget (120 s by
     default), then fail with a Ray timeout."""
-    from workers.engine import SpecError
+    from dptrain.engine import SpecError
 
     started = time.monotonic()
     with pytest.raises(SpecError, match=r"^workers: 16 workers x 1 CPUs .* need 16 CPUs; the Ray cluster has 2$"):
@@ -248,7 +248,7 @@ def test_a_job_the_cluster_can_never_fit_fails_at_once_naming_workers(cold):
 
 
 def test_capacity_for_admission(cold):
-    from service import capacity
+    from dptrain.execution import capacity
 
     def settle(check) -> float:
         """Ray's view of free CPUs lags kills and starts a little."""

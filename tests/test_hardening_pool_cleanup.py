@@ -25,8 +25,8 @@ def test_the_warm_reaper_never_starts_ray_after_a_shutdown():
         import time
         import ray
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        from service.warm import WARM
-        from workers.actor import RayShardWorker
+        from dptrain.execution.warm import WARM
+        from dptrain.execution.actor import RayShardWorker
         actor = RayShardWorker.options(num_cpus=0.25).remote()
         ray.get(actor.info.remote())
         WARM.give(0.25, [actor])
@@ -50,14 +50,13 @@ def test_shared_files_are_removed_exactly_when_their_coordinator_is_dead(tmp_pat
     coordinator's files stay, whoever looks (its own process included)."""
 
     import numpy as np
-
-    from workers import shm
+    from dptrain.execution import shm
 
     monkeypatch.setenv("DPTRAIN_SHM_DIR", str(tmp_path))
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys
         import numpy as np
-        from workers.shm import ShmHost
+        from dptrain.execution.shm import ShmHost
         host = ShmHost("node")
         host.publish(np.zeros(4, np.float32))
         print(host.prefix, flush=True)

@@ -115,7 +115,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def served(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve")
     out = open(home / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", "0", "--ray-num-cpus", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "dptrain.cli", "serve", "--port", "0", "--ray-num-cpus", "1"],
                             cwd=ROOT, env=clean_env(DPTRAIN_HOME=str(home)), stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     log = home / "serve.log"

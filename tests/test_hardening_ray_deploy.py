@@ -21,14 +21,14 @@ ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
 # --- `dptrain cluster` ---------------------------------------------------------------------------------
 
 def test_the_cluster_cannot_turn_ray_auth_off():
-    from service.cli.main import build_parser
+    from dptrain.cli.main import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["cluster", "up", "--auth", "disabled"])
 
 
 def test_every_process_of_the_cluster_gets_the_token(monkeypatch):
-    from service.cluster import ClusterError, ray_env
+    from dptrain.cluster import ClusterError, ray_env
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/elsewhere")
@@ -40,7 +40,7 @@ def test_every_process_of_the_cluster_gets_the_token(monkeypatch):
 
 
 def test_the_cluster_token_is_never_readable_by_others(tmp_path):
-    from service.cluster import ClusterError, cluster_token
+    from dptrain.cluster import ClusterError, cluster_token
 
     old = os.umask(0)  # the most permissive umask: the modes must come from the code
     try:

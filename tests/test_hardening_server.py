@@ -45,7 +45,7 @@ def test_sigterm_after_undeserializable_reflection_requests_exits(tmp_path):
 
 
 def _serve_fails(tmp_path, *args: str) -> str:
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port()),
+    cmd = [sys.executable, "-m", "dptrain.cli", "serve", "--port", str(free_port()),
            "--state-dir", str(tmp_path / "state"), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, start_new_session=True)
     assert out.returncode != 0
@@ -82,7 +82,7 @@ def _listening(pid: int) -> set[tuple[str, int]]:
 @pytest.mark.timeout(240)
 def test_metrics_port_binds_loopback_even_when_grpc_is_public(tmp_path):
     port, metrics = free_port(), free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port", str(port),
+    cmd = [sys.executable, "-m", "dptrain.cli", "serve", "--host", "0.0.0.0", "--port", str(port),
            "--state-dir", str(tmp_path), "--ray-num-cpus", "2", "--token", "t" * 32,
            "--metrics-port", str(metrics)]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

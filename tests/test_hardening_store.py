@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.store import (
+from dptrain.store import (
     CheckpointCorrupt,
     CheckpointStore,
     SqliteJobStore,
     StoreError,
     StoreUnavailable,
 )
-from service.store import sqlite as sqlite_store
+from dptrain.store import sqlite as sqlite_store
+
 from tests.test_store import SPEC, _same, _state
 
 # --------------------------------------------------------------------------- checkpoints (item 7)
@@ -82,7 +82,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_newest_intact(tmp_path, caplog,
     for state in states.values():
         cs.save("j", state)
     damage(_path(tmp_path, 3))
-    with caplog.at_level(logging.WARNING, logger="service.store.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="dptrain.store.checkpoints"):
         got = cs.latest("j")
     assert _same(got, states[2])
     warning = " ".join(r.getMessage() for r in caplog.records)

@@ -6,12 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from dptrain.core.optim import OptimizerSpec, SpecError, make_optimizer
+from dptrain.core.schedules import ScheduleSpec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from service.optim import OptimizerSpec, SpecError, make_optimizer
-from service.schedules import ScheduleSpec
 
 NAMES = ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"]
 DTYPES = [np.float32, np.float64]

@@ -5,10 +5,9 @@ import itertools
 
 import numpy as np
 import pytest
-
-from service.pool import _Reducer
-from workers.shard import Partial, add_into
-from workers.tree import cover, root, split_runs, tree_sum
+from dptrain.core.shard import Partial, add_into
+from dptrain.core.tree import cover, root, split_runs, tree_sum
+from dptrain.execution.pool import _Reducer
 
 
 def partials(n_chunks: int, workers: int, rng) -> list[list[Partial]]:

@@ -6,21 +6,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.rpc import codegen
+from dptrain.rpc import codegen
 
 
 def test_generated_code_is_current():
     problems = codegen.check()
-    assert problems == [], "\n".join(problems) + "\nrun: python -m service.rpc.codegen"
+    assert problems == [], "\n".join(problems) + "\nrun: python -m dptrain.rpc.codegen"
 
 
-def test_generated_files_are_marked_and_use_relative_imports():
+def test_generated_files_are_marked_and_live_where_the_proto_path_says():
+    """protoc's own imports (`from dptrain.v1 import dptrain_pb2`) work unchanged."""
     for name in codegen.OUTPUTS:
         text = (codegen.OUT_DIR / name).read_text()
         assert text.startswith(codegen.HEADER), name
     grpc_module = (codegen.OUT_DIR / "dptrain_pb2_grpc.py").read_text()
-    assert "from . import dptrain_pb2" in grpc_module
-    assert "from dptrain.v1" not in grpc_module
+    assert "from dptrain.v1 import dptrain_pb2" in grpc_module
+    from dptrain.v1 import dptrain_pb2, dptrain_pb2_grpc
+
+    assert Path(dptrain_pb2.__file__).parent == codegen.OUT_DIR
+    assert dptrain_pb2_grpc.dptrain_dot_v1_dot_dptrain__pb2 is dptrain_pb2
 
 
 def test_check_reports_a_changed_proto(tmp_path: Path):
@@ -52,11 +56,11 @@ def test_cli_check_exits_1_naming_the_stale_file(tmp_path: Path):
     for name in codegen.OUTPUTS:
         shutil.copy(codegen.OUT_DIR / name, tmp_path / name)
     (tmp_path / "dptrain_pb2.py").write_text("# hand-written\n")
-    cmd = [sys.executable, "-m", "service.rpc.codegen", "--check", "--out-dir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "dptrain.rpc.codegen", "--check", "--out-dir", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=codegen.ROOT, timeout=60)
     assert result.returncode == 1, result.stderr
     assert "dptrain_pb2.py: stale" in result.stderr
-    assert "python -m service.rpc.codegen" in result.stderr
+    assert "python -m dptrain.rpc.codegen" in result.stderr
 
 
 def test_generate_writes_into_an_empty_dir(tmp_path: Path):

@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
-
-from service.config import TrainConfig
-from service.rpc import pb
-from service.rpc.convert import (
+from dptrain.core.config import TrainConfig
+from dptrain.core.telemetry import StepMetrics, WorkerTiming
+from dptrain.engine.errors import SpecError
+from dptrain.rpc import pb
+from dptrain.rpc.convert import (
     assemble_weights,
     dataset_info_to_pb,
     dict_to_job_spec,
@@ -22,9 +23,7 @@ from service.rpc.convert import (
     to_tensor,
     weights_messages,
 )
-from service.store import STATES, JobRecord
-from service.telemetry import StepMetrics, WorkerTiming
-from workers.engine.errors import SpecError
+from dptrain.store import STATES, JobRecord
 
 MLP = {
     "name": "mlp",

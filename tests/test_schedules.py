@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from dptrain.core.optim import OptimizerSpec
+from dptrain.core.schedules import ScheduleSpec, SpecError, lr_at
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from service.optim import OptimizerSpec
-from service.schedules import ScheduleSpec, SpecError, lr_at
 
 
 def lrs(spec: ScheduleSpec, base: float, steps: range, total: int) -> list[float]:

@@ -10,9 +10,8 @@ import sys
 import time
 
 import pytest
-
-from service.client import Client
-from service.rpc import convert
+from dptrain.client import Client
+from dptrain.rpc import convert
 
 from .test_service_e2e import assert_same_bits, library_weights
 
@@ -32,7 +31,7 @@ def free_port() -> int:
 
 
 def start_server(state_dir, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+    cmd = [sys.executable, "-m", "dptrain.cli", "serve", "--port", str(port),
            "--state-dir", str(state_dir), "--ray-num-cpus", "2"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with Client(f"127.0.0.1:{port}") as c:

@@ -7,10 +7,9 @@ import time
 import grpc
 import numpy as np
 import pytest
-
-from service.config import TrainConfig
-from service.rpc import convert, pb
-from service.trainer import Trainer
+from dptrain.core.config import TrainConfig
+from dptrain.core.trainer import Trainer
+from dptrain.rpc import convert, pb
 
 JOB = {
     "model": {"input": 64, "layers": ["linear 32", "tanh", "linear 10"], "loss": "cross_entropy"},

@@ -4,9 +4,8 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-
-from service.client import Client
-from service.rpc import convert, pb
+from dptrain.client import Client
+from dptrain.rpc import convert, pb
 
 GOOD = {
     "model": {"input": 64, "layers": ["linear 16", "relu", "linear 10"], "loss": "cross_entropy"},
@@ -115,7 +114,7 @@ def test_uploads_are_validated_and_never_unpickled(client, tmp_path):
 
 
 def test_token_required_when_configured(ray_session, tmp_path):
-    from service.server import ServerConfig, serve
+    from dptrain.server import ServerConfig, serve
 
     srv = serve(ServerConfig(port=0, state_dir=tmp_path, token="s3cret"))
     try:
@@ -133,7 +132,7 @@ def test_token_required_when_configured(ray_session, tmp_path):
 
 
 def test_a_token_is_generated_off_loopback():
-    from service.server import ServerConfig
+    from dptrain.server import ServerConfig
 
     cfg = ServerConfig(host="0.0.0.0")
     assert cfg.ensure_token() and len(cfg.token) >= 24

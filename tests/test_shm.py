@@ -9,15 +9,15 @@ import sys
 
 import numpy as np
 import pytest
+from dptrain.core.config import TrainConfig
+from dptrain.core.shard import Plan, ShardComputer
+from dptrain.core.trainer import Trainer
+from dptrain.core.tree import cover
+from dptrain.execution import shm
+from dptrain.execution.pool import WorkersLost
 
 import tests.test_core_exactness as core
-from service.config import TrainConfig
-from service.pool import WorkersLost
-from service.trainer import Trainer
 from tests.test_core_exactness import config, local_weights, same_bits
-from workers import shm
-from workers.shard import Plan, ShardComputer
-from workers.tree import cover
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_a_worker_error_on_the_channel_fails_the_step_not_the_worker(ray_session
     worker, so it is raised (with the worker's traceback) instead of retried."""
     from dataclasses import replace
 
-    from workers.channel import ChannelError
+    from dptrain.execution.channel import ChannelError
 
     t = Trainer(config(workers=2), backend="ray")
     pool = t.backend.pool

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.store import (
+from dptrain.core.trainer import TrainState
+from dptrain.store import (
     AmbiguousId,
     CheckpointNotFound,
     CheckpointStore,
@@ -26,7 +26,6 @@ from service.store import (
     RequestIdConflict,
     SqliteJobStore,
 )
-from service.trainer import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = {"model": {"input": 4, "nodes": [{"name": "l", "op": "linear", "inputs": ["x"], "units": 2}], "output": "l"},
@@ -365,7 +364,7 @@ def test_sqlite_job_survives_kill_9(tmp_path):
     path = tmp_path / "jobs.db"
     child = textwrap.dedent(f"""
         import os, sys, time
-        from service.store.sqlite import SqliteJobStore
+        from dptrain.store.sqlite import SqliteJobStore
         s = SqliteJobStore({str(path)!r})
         rec = s.create("survivor", {{"steps": 3}})
         s.transition(rec.id, "RUNNING")

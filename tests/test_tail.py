@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service import tail
-from service.optim import OptimizerSpec, make_optimizer
-from service.tail import BLOCK, mean_grad, n_blocks
+from dptrain.core import tail
+from dptrain.core.optim import OptimizerSpec, make_optimizer
+from dptrain.core.tail import BLOCK, mean_grad, n_blocks
 
 SIZES = [1, 2, 7, 8, 9, 15, 16, 17, 127, 128, 129, 130, 255, 256, 1000, 4099,
          BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 9, 669_706]
@@ -23,7 +22,7 @@ NO_KERNEL = "service/_tail.c was not built (no C compiler at install): there is 
 
 
 class KernelSpy:
-    """Stands in for `service._tail`: records each call by name, then runs `real`; with no
+    """Stands in for `dptrain.core._tail`: records each call by name, then runs `real`; with no
     `real`, a call fails the test instead."""
 
     def __init__(self, real: object | None = None) -> None:

@@ -8,10 +8,9 @@ import time
 
 import numpy as np
 import pytest
-
-from service.config import TrainConfig
-from service.trainer import Trainer
-from service.warm import WARM
+from dptrain.core.config import TrainConfig
+from dptrain.core.trainer import Trainer
+from dptrain.execution.warm import WARM
 
 JOB = {
     "model": {"input": 64, "layers": ["linear 32", "tanh", "linear 10"], "loss": "cross_entropy"},

@@ -1,4 +1,4 @@
-"""`python -m service.cli ...` is the same as `dptrain ...`."""
+"""`python -m dptrain.cli ...` is the same as `dptrain ...`."""
 import sys
 
 from .main import main

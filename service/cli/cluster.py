@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from service.server.config import default_state_dir
+from dptrain.server.config import default_state_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from service.cluster import ClusterConfig, up
+    from dptrain.cluster import ClusterConfig, up
 
     t0 = time.monotonic()
     state = up(ClusterConfig(state_dir=args.state_dir, nodes=args.nodes, cpus_per_node=args.cpus_per_node,
@@ -37,7 +37,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_down(args: argparse.Namespace) -> int:
-    from service.cluster import down
+    from dptrain.cluster import down
 
     stopped = down(args.state_dir / "cluster.json")
     print(f"stopped {', '.join(stopped)}" if stopped else "no cluster running")
@@ -45,7 +45,7 @@ def run_down(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from service.cluster import status
+    from dptrain.cluster import status
 
     state = status(args.state_dir / "cluster.json")
     if state is None:

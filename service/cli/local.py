@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workers.engine import SpecError, gradcheck
+from dptrain.engine import SpecError, gradcheck
 
 from .specfile import load_spec
 
@@ -36,8 +36,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """Embedded Ray + server on a free loopback port; the job goes through the real gRPC path."""
     import logging
 
-    from service.client import Client
-    from service.server import ServerConfig, serve
+    from dptrain.client import Client
+    from dptrain.server import ServerConfig, serve
 
     from .export import save_weights
     from .progress import console, follow

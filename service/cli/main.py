@@ -6,8 +6,7 @@ import logging
 import sys
 
 import grpc
-
-from workers.engine import SpecError
+from dptrain.engine import SpecError
 
 from . import cluster, local, remote, serve
 

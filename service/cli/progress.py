@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from dptrain.rpc import convert, pb
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-
-from service.rpc import convert, pb
 
 console = Console(soft_wrap=True)  # ids and paths stay on one line, for copying and scripts
 

@@ -20,7 +20,7 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
 
 
 def client(args: argparse.Namespace):
-    from service.client import Client
+    from dptrain.client import Client
 
     return Client(args.address, token=args.token, tls_ca=args.tls_ca)
 

@@ -50,7 +50,7 @@ def _stop_ray(timeout: float) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from service.server import ServerConfig, serve
+    from dptrain.server import ServerConfig, serve
 
     logging.getLogger("service").setLevel(logging.INFO)
     kw = {"state_dir": args.state_dir} if args.state_dir else {}

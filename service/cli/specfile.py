@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from workers.engine import SpecError
+from dptrain.engine import SpecError
 
 
 def load_spec(path: str) -> dict[str, Any]:

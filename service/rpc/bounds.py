@@ -8,9 +8,9 @@ that walking a request costs a bounded amount of work. Numbers are bounded where
 value would only fail later, at run time (``workers: 1000000000``, a timeout of 5e-324 s).
 
 The wire checks (:func:`check_job_spec`, :func:`check_job_id`, ...) read the protobuf
-messages; the numeric ranges are applied by the specs themselves (``service.config``,
-``service.optim``, ``service.schedules``), so a YAML file run locally meets the same ones.
-A client string shown in an error is clipped (``clip``: ``workers.engine.errors.show``). This module imports nothing
+messages; the numeric ranges are applied by the specs themselves (``dptrain.core.config``,
+``dptrain.core.optim``, ``dptrain.core.schedules``), so a YAML file run locally meets the same ones.
+A client string shown in an error is clipped (``clip``: ``dptrain.engine.errors.show``). This module imports nothing
 of the service, so the specs can use it.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from workers.engine.errors import SpecError
-from workers.engine.errors import show as clip
-from workers.engine.spec import Limits as _EngineLimits
+from dptrain.engine.errors import SpecError
+from dptrain.engine.errors import show as clip
+from dptrain.engine.spec import Limits as _EngineLimits
 
 # --- strings ----------------------------------------------------------------------------
 NAME_CHARS = 256

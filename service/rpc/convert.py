@@ -11,7 +11,7 @@ Kept outside the servicer so they can be tested without a server:
   reassembled (see :func:`weights_messages` for the rule).
 * metrics, job records, job statistics and dataset infos to their messages.
 
-Sizes are bounded before conversion (`service.rpc.bounds`); `job_spec_to_dict` leaves out
+Sizes are bounded before conversion (`dptrain.rpc.bounds`); `job_spec_to_dict` leaves out
 what is not part of the training config (the name, the request id).
 """
 from __future__ import annotations
@@ -22,11 +22,10 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import numpy as np
+from dptrain.engine.errors import SpecError
+from dptrain.rpc import bounds, pb
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-
-from service.rpc import bounds, pb
-from workers.engine.errors import SpecError
 
 DTYPES = ("float32", "float64", "int64")
 """Element types a Tensor may carry."""
@@ -246,7 +245,7 @@ def _split(layer: Any, key: str, path: str) -> tuple[str, dict[str, Any]]:
 
 def _shorthand(text: str, path: str) -> tuple[str, dict[str, Any]]:
     """``"linear 64"`` -> ("linear", {"units": 64}), as the engine's spec parser reads it."""
-    from workers.engine.registry import POSITIONAL
+    from dptrain.engine.registry import POSITIONAL
 
     parts = text.split()
     if len(parts) == 1:
@@ -379,7 +378,7 @@ def assemble_weights(messages: Iterable[pb.WeightsUpdate]) -> dict[str, np.ndarr
 
 
 def metrics_to_pb(m: Any) -> pb.StepMetrics:
-    """A ``service.telemetry.StepMetrics`` (or its ``as_dict()`` form) as a message."""
+    """A ``dptrain.core.telemetry.StepMetrics`` (or its ``as_dict()`` form) as a message."""
     d = asdict(m) if is_dataclass(m) else dict(m)
     workers = d.pop("workers", None) or []
     msg = pb.StepMetrics(**{k: v for k, v in d.items() if v is not None})
@@ -417,7 +416,7 @@ def _stamp(target: Any, seconds: float) -> None:
 
 
 def record_to_job(rec: Any) -> pb.Job:
-    """A ``service.store.JobRecord`` as a Job message."""
+    """A ``dptrain.store.JobRecord`` as a Job message."""
     job = pb.Job(id=rec.id, name=rec.name, state=state_to_pb(rec.state), step=rec.step,
                  total_steps=rec.total_steps, epoch=rec.epoch, error=rec.error or "")
     job.spec.CopyFrom(dict_to_job_spec(rec.spec, name=rec.name))
@@ -436,7 +435,7 @@ def record_to_job(rec: Any) -> pb.Job:
 def stats_to_pb(stats: Mapping[str, Any]) -> pb.JobStats:
     """``Trainer.stats()`` as a JobStats message.
 
-    ``epochs`` are the ledger's reports (``service.ledger.EpochReport``: sealed epochs,
+    ``epochs`` are the ledger's reports (``dptrain.core.ledger.EpochReport``: sealed epochs,
     hence complete unless an entry says ``complete: False``); ``workers`` the pool's
     worker infos (``node_id``, ``pid``, ``transport``).
     """

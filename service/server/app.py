@@ -12,15 +12,14 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from dptrain.execution import shm
+from dptrain.execution.runtime import ensure_ray
+from dptrain.rpc import pb, pb_grpc
+from dptrain.store.base import StoreUnavailable
+from dptrain.store.checkpoints import CheckpointStore
+from dptrain.store.sqlite import SqliteJobStore
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from service.rpc import pb, pb_grpc
-from service.runtime import ensure_ray
-from service.store.base import StoreUnavailable
-from service.store.checkpoints import CheckpointStore
-from service.store.sqlite import SqliteJobStore
-from workers import shm
 
 from .auth import TokenAuth
 from .config import ServerConfig

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from service.config import TrainConfig
-from service.store.base import DatasetNotFound, JobStore
-from service.store.disk import fsync_dir
-from service.trainer import check_compatible
-from workers.data import MAX_FILE_BYTES, PARAM_SCHEMAS, Dataset, DatasetSpec, check_limits, load_dataset
-from workers.data import SpecError as DataSpecError
-from workers.engine import SpecError
-from workers.engine.errors import show as clip
+from dptrain.core.config import TrainConfig
+from dptrain.core.trainer import check_compatible
+from dptrain.data import MAX_FILE_BYTES, PARAM_SCHEMAS, Dataset, DatasetSpec, check_limits, load_dataset
+from dptrain.data import SpecError as DataSpecError
+from dptrain.engine import SpecError
+from dptrain.engine.errors import show as clip
+from dptrain.store.base import DatasetNotFound, JobStore
+from dptrain.store.disk import fsync_dir
 
 from .config import Limits
 

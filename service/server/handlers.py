@@ -2,7 +2,7 @@
 
 They raise the service's own exceptions; the servicer maps those to status codes.
 Nothing here touches gRPC, so each can be called and tested directly. Every request is
-checked against its bounds (`service.rpc.bounds`) first, before the store is asked.
+checked against its bounds (`dptrain.rpc.bounds`) first, before the store is asked.
 """
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
-
-from service.rpc import bounds, convert, pb
-from service.store.base import TERMINAL
-from service.store.checkpoints import CheckpointNotFound
-from workers.engine import Model, SpecError
+from dptrain.engine import Model, SpecError
+from dptrain.rpc import bounds, convert, pb
+from dptrain.store.base import TERMINAL
+from dptrain.store.checkpoints import CheckpointNotFound
 
 from .datasets import TooLarge
 from .manager import JobManager

@@ -22,13 +22,13 @@ import threading
 import time
 from typing import Any, Callable
 
-from service.config import TrainConfig
-from service.pool import Cancelled
-from service.rpc import convert, pb
-from service.store.base import TERMINAL, IllegalTransition, JobRecord, JobStore, StoreError
-from service.store.checkpoints import CheckpointStore
-from service.trainer import Trainer
-from workers.engine import SpecError
+from dptrain.core.config import TrainConfig
+from dptrain.core.trainer import Trainer
+from dptrain.engine import SpecError
+from dptrain.execution.pool import Cancelled
+from dptrain.rpc import convert, pb
+from dptrain.store.base import TERMINAL, IllegalTransition, JobRecord, JobStore, StoreError
+from dptrain.store.checkpoints import CheckpointStore
 
 from . import metrics as prom
 from .datasets import DatasetRegistry

@@ -1,9 +1,8 @@
 """Prometheus metrics: jobs by state, steps, step time, throughput, worker failures."""
 from __future__ import annotations
 
+from dptrain.core.telemetry import StepMetrics
 from prometheus_client import Counter, Gauge, Histogram
-
-from service.telemetry import StepMetrics
 
 JOBS_SUBMITTED = Counter("dptrain_jobs_submitted_total", "Jobs accepted by SubmitJob")
 JOBS_FINISHED = Counter("dptrain_jobs_finished_total", "Jobs that reached a final state", ["state"])

@@ -20,9 +20,9 @@ import logging
 from typing import Callable
 
 import grpc
-
-from service.rpc import bounds, pb_grpc
-from service.store.base import (
+from dptrain.engine import SpecError
+from dptrain.rpc import bounds, pb_grpc
+from dptrain.store.base import (
     AmbiguousId,
     DatasetNotFound,
     IllegalTransition,
@@ -31,8 +31,7 @@ from service.store.base import (
     RequestIdConflict,
     StoreUnavailable,
 )
-from service.store.checkpoints import CheckpointNotFound
-from workers.engine import SpecError
+from dptrain.store.checkpoints import CheckpointNotFound
 
 from . import handlers as h
 from .config import Limits

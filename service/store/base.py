@@ -2,9 +2,9 @@
 
 A job's record (spec, state, progress), its metrics history (so ``WatchJob`` can resume
 from any step) and the registry of uploaded datasets. Two implementations share one
-test suite (``tests/test_store.py``): :class:`~service.store.sqlite.SqliteJobStore`
+test suite (``tests/test_store.py``): :class:`~dptrain.store.sqlite.SqliteJobStore`
 (durable: an accepted job survives ``kill -9``) and
-:class:`~service.store.memory.MemoryJobStore` (tests, ephemeral servers).
+:class:`~dptrain.store.memory.MemoryJobStore` (tests, ephemeral servers).
 
 States and legal transitions (anything else raises :class:`IllegalTransition`)::
 
@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.engine.errors import show as clip
+from dptrain.engine.errors import show as clip
 
 STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})

@@ -28,7 +28,7 @@ never count towards ``keep``, so the only intact checkpoint is never pruned in f
 newer corrupt ones. Nothing is unpickled: a checkpoint can never execute code.
 
 Storage failures while writing or listing (disk full, I/O error, read-only) raise
-:class:`~service.store.base.StoreUnavailable` naming this store. A file that cannot be
+:class:`~dptrain.store.base.StoreUnavailable` naming this store. A file that cannot be
 read (EIO included) is that file's problem: it counts as corrupt, and ``latest`` falls
 back past it.
 """
@@ -51,7 +51,7 @@ from .base import StoreError, StoreUnavailable, clip
 from .disk import fsync_dir, probe_dir, unavailable
 
 if TYPE_CHECKING:
-    from service.trainer import TrainState
+    from dptrain.core.trainer import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ FORMAT = 2
 _FORMATS = (1, 2)
 _COUNTERS = ("step", "epoch", "position", "version")
 _OPT = "opt/"
-_LEDGER = "ledger/"  # the epoch ledger (service.ledger.EpochLedger.state_dict); absent in older files
+_LEDGER = "ledger/"  # the epoch ledger (dptrain.core.ledger.EpochLedger.state_dict); absent in older files
 _SHA = "sha256"
 _FILE = re.compile(r"step-(\d{9,})\.npz")
 _MARK = re.compile(r"step-(\d{9,})\.mark")
@@ -399,7 +399,7 @@ def _check_structure(arrays: dict[str, np.ndarray], step: int) -> None:
 
 
 def _to_state(arrays: dict[str, np.ndarray]) -> TrainState:
-    from service.trainer import TrainState  # deferred: it imports Ray, the store must not
+    from dptrain.core.trainer import TrainState  # deferred: it imports Ray, the store must not
 
     optimizer = {k[len(_OPT):]: v for k, v in arrays.items() if k.startswith(_OPT)}
     ledger = {k[len(_LEDGER):]: v for k, v in arrays.items() if k.startswith(_LEDGER)}

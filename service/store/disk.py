@@ -1,7 +1,7 @@
 """What both stores do with the disk: tell a failing disk from a bad request, and probe it.
 
 A full disk, an I/O error or a file system remounted read-only is the storage's fault,
-not the caller's: both stores raise :class:`~service.store.base.StoreUnavailable` for it
+not the caller's: both stores raise :class:`~dptrain.store.base.StoreUnavailable` for it
 (naming the store and the cause) so the server can answer UNAVAILABLE and report
 NOT_SERVING until :func:`probe_dir` succeeds again.
 """

@@ -16,7 +16,7 @@ set) and the ``probe`` row that :meth:`SqliteJobStore.check_writable` rewrites; 
 ``jobs.stats`` (the job's execution statistics, kept after it ends).
 
 Storage failures (SQLite's FULL, IOERR, READONLY, CANTOPEN) raise
-:class:`~service.store.base.StoreUnavailable` naming this file; the transaction is rolled
+:class:`~dptrain.store.base.StoreUnavailable` naming this file; the transaction is rolled
 back and the same connection works again once the disk does.
 """
 from __future__ import annotations

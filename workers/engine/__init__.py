@@ -1,6 +1,10 @@
-"""The numpy backpropagation engine every Ray worker runs on its shard.
+"""The numpy backpropagation engine every worker runs on its shard (and the local loop).
 
-    from workers.engine import Model
+One op is one small class (``forward`` caches, ``backward(g_out)`` returns ``(g_in,
+grads)``); the graph runs them in topological order over one flat parameter buffer. Imports
+numpy and nothing else of dptrain. The mathematics is in docs/backprop.md.
+
+    from dptrain.engine import Model
     model = Model({"input": 64, "layers": ["linear 32", "relu", "linear 10"],
                    "loss": "cross_entropy"})
     theta = model.init_params(seed=0)

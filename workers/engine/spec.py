@@ -72,7 +72,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], limits: Limits = Limits(), path: str = "model") -> "ModelSpec":
-        """Parse either form; structural checks here, shape checks in `workers.engine.graph`."""
+        """Parse either form; structural checks here, shape checks in `dptrain.engine.graph`."""
         if isinstance(d, ModelSpec):
             return d
         if not isinstance(d, Mapping):

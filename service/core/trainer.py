@@ -1,7 +1,7 @@
 """The coordinator's step loop: plan, compute on workers, reduce, divide once, update, broadcast.
 
-    from service.config import TrainConfig
-    from service.trainer import Trainer
+    from dptrain.core.config import TrainConfig
+    from dptrain.core.trainer import Trainer
     t = Trainer(TrainConfig.from_dict(job), backend="ray")
     for m in t.run():
         print(m.step, m.loss)
@@ -24,17 +24,16 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
-
-from service.backends import Backend, LocalBackend, RayBackend
-from service.config import TrainConfig
-from service.ledger import EpochLedger, LedgerError
-from service.optim import make_optimizer
-from service.tail import mean_grad, n_blocks
-from service.telemetry import StepMetrics, WorkerTiming
-from workers.data import Dataset, load_dataset
-from workers.engine import Model, SpecError
-from workers.shard import Partial, Plan, PlanKind, add_into, epoch_permutation
-from workers.tree import chunk_bounds, root, split_runs, tree_sum
+from dptrain.core.backends import Backend, make_backend
+from dptrain.core.config import TrainConfig
+from dptrain.core.ledger import EpochLedger, LedgerError
+from dptrain.core.optim import make_optimizer
+from dptrain.core.shard import Partial, Plan, PlanKind, add_into, epoch_permutation
+from dptrain.core.tail import mean_grad, n_blocks
+from dptrain.core.telemetry import StepMetrics, WorkerTiming
+from dptrain.core.tree import chunk_bounds, root, split_runs, tree_sum
+from dptrain.data import Dataset, load_dataset
+from dptrain.engine import Model, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class Trainer:
                  data: tuple[Dataset, Dataset | None] | None = None,
                  cancel: threading.Event | None = None) -> None:
         """`cancel` (Ray backend): once set, a wait for workers or results raises
-        `service.pool.Cancelled` within a fraction of a second, in this constructor too."""
+        `dptrain.execution.pool.Cancelled` within a fraction of a second, in this constructor too."""
         self.config = config
         self.model = config.build_model()
         self.train, self.val = data or load_dataset(config.dataset, dtype=config.dtype)
@@ -106,14 +105,9 @@ class Trainer:
         self._scratch: dict[tuple[int, int], np.ndarray] = {}
         args = (config.model.to_dict(), config.dtype, self.train.X, self.train.y,
                 None if self.val is None else self.val.X, None if self.val is None else self.val.y, config.seed)
-        if backend == "local":
-            self.backend: Backend = LocalBackend(*args)
-        elif backend == "ray":
-            self.backend = RayBackend(*args, workers=config.workers, cpus=config.cpus_per_worker,
-                                      timeout_s=config.worker_timeout_s, budget_s=config.recovery_budget_s,
-                                      cancel=cancel)
-        else:
-            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+        self.backend: Backend = make_backend(backend, *args, workers=config.workers, cpus=config.cpus_per_worker,
+                                             timeout_s=config.worker_timeout_s,
+                                             budget_s=config.recovery_budget_s, cancel=cancel)
         # From here on the weights live where the backend publishes them (for same-node Ray
         # workers: the shared-memory file they read), so publishing is a version bump.
         self.state.theta = self.backend.publish(self.state.theta)

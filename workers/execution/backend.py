@@ -1,66 +1,17 @@
-"""Where a step's plans are computed: in this process, or on a pool of Ray workers.
-
-Both return one `Outcome` per plan, from the same `ShardComputer` arithmetic, so the
-in-process loop is the reference that any number of Ray workers must match bit for bit.
-"""
+"""The Ray backend: a step's plans computed by a pool of Ray workers."""
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-
-from service.pool import Outcome, WorkerPool
-from workers import shm
-from workers.shard import Plan, ShardComputer
+from dptrain.core.backends import Outcome
+from dptrain.core.shard import Plan
+from dptrain.execution import shm
+from dptrain.execution.pool import WorkerPool
 
 log = logging.getLogger(__name__)
-
-
-class Backend(Protocol):
-    size: int
-
-    def publish(self, theta: np.ndarray) -> np.ndarray: ...
-    def run(self, method: str, plans: list[Plan]) -> list[Outcome]: ...
-    def resize(self, n: int) -> None: ...
-    def nodes(self) -> list[dict[str, Any]]: ...
-    def close(self) -> None: ...
-
-    @property
-    def failures(self) -> int: ...
-
-
-class LocalBackend:
-    """The plain single-process loop: one computer, every chunk, no Ray."""
-
-    size = 1
-    failures = 0
-
-    def __init__(self, model_spec, dtype, X, y, X_val, y_val, seed) -> None:
-        self.computer = ShardComputer(model_spec, dtype, X, y, X_val, y_val, seed, threads=1)
-        self.theta: np.ndarray | None = None
-
-    def publish(self, theta: np.ndarray) -> np.ndarray:
-        self.theta = theta
-        return theta
-
-    def run(self, method: str, plans: list[Plan]) -> list[Outcome]:
-        assert len(plans) == 1, "the local backend computes a step as one plan"
-        t0 = time.perf_counter()
-        parts = self.computer.compute(self.theta, plans[0])
-        dt = time.perf_counter() - t0
-        return [Outcome(parts, dt, dt, 0, "local")]
-
-    def resize(self, n: int) -> None:
-        """A single process has one worker; asking for more changes nothing (by design)."""
-
-    def nodes(self) -> list[dict[str, Any]]:
-        return [{"worker": 0, "node_id": "local"}]
-
-    def close(self) -> None:
-        self.computer = None  # type: ignore[assignment]
 
 
 class RayBackend:
@@ -71,10 +22,9 @@ class RayBackend:
     def __init__(self, model_spec, dtype, X, y, X_val, y_val, seed, workers: int, cpus: float,
                  timeout_s: float, budget_s: float, cancel: threading.Event | None = None) -> None:
         """`cancel`: once set, any wait of the pool (workers starting, a step's results)
-        raises `service.pool.Cancelled` within a fraction of a second."""
+        raises `dptrain.execution.pool.Cancelled` within a fraction of a second."""
         import ray
-
-        from service.runtime import ensure_ray
+        from dptrain.execution.runtime import ensure_ray
 
         ensure_ray()
         self._ray = ray

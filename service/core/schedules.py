@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from service.rpc import bounds
-from workers.engine.errors import SpecError
+from dptrain.engine.errors import SpecError
+from dptrain.rpc import bounds
 
 __all__ = ["SCHEDULES", "ScheduleSpec", "SpecError", "USES", "lr_at"]
 
@@ -38,7 +38,7 @@ USES: dict[str, tuple[str, ...]] = {"constant": (), "step": ("step_size", "gamma
 
 
 # --------------------------------------------------------------------------- field checks
-# Shared with service.optim. Each returns the normalised value or raises SpecError with a
+# Shared with dptrain.core.optim. Each returns the normalised value or raises SpecError with a
 # field name relative to the spec; from_dict() prefixes the spec's own path.
 
 

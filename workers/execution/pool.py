@@ -29,16 +29,16 @@ from typing import Any, Callable
 
 import numpy as np
 import ray
+from dptrain.core.backends import Outcome
+from dptrain.core.shard import Partial, Plan, add_into
+from dptrain.core.tree import Node, cover, root
+from dptrain.engine import SpecError
+from dptrain.execution.actor import RayShardWorker
+from dptrain.execution.capacity import cluster_cpus, fits
+from dptrain.execution.channel import Channel, ChannelError
+from dptrain.execution.shm import Segment, ShmHost
+from dptrain.execution.warm import WARM, kill
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
-
-from service.capacity import cluster_cpus, fits
-from service.warm import WARM, kill
-from workers.actor import RayShardWorker
-from workers.channel import Channel, ChannelError
-from workers.engine import SpecError
-from workers.shard import Partial, Plan, add_into
-from workers.shm import Segment, ShmHost
-from workers.tree import Node, cover, root
 
 log = logging.getLogger(__name__)
 _LOST = (RayActorError, WorkerCrashedError)
@@ -87,18 +87,6 @@ class _Starting:
     actor: Any
     ref: Any  # the `info` call
     listen: str | None  # where it is asked to serve step calls
-
-
-@dataclass
-class Outcome:
-    """One plan's result. `parts` are the tree nodes tiling the plan's run, then any parent
-    nodes the pool finished while waiting for other workers (see `_Reducer`)."""
-
-    parts: list[Partial]
-    compute_s: float
-    total_s: float
-    worker: int
-    node: str
 
 
 class _Reducer:

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from service.optim import OptimizerSpec, drop_unused
-from service.rpc import bounds
-from workers.data import DatasetSpec
-from workers.engine import Model, ModelSpec, SpecError
+from dptrain.core.optim import OptimizerSpec, drop_unused
+from dptrain.data import DatasetSpec
+from dptrain.engine import Model, ModelSpec, SpecError
+from dptrain.rpc import bounds
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         """Validate every field; errors name it (``job.batch_size: must be ...``).
 
-        Numbers are bounded (`service.rpc.bounds`), and a setting that would do nothing
+        Numbers are bounded (`dptrain.rpc.bounds`), and a setting that would do nothing
         (``val_every`` without a validation split, ``momentum`` for adam, ...) is an error.
         """
         if not isinstance(d, Mapping):

@@ -37,12 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from service import tail
-from service.schedules import (
+from dptrain.core import tail
+from dptrain.core.schedules import (
     USES as SCHEDULE_USES,
 )
-from service.schedules import (
+from dptrain.core.schedules import (
     ScheduleSpec,
     SpecError,
     _check_choice,
@@ -53,7 +52,7 @@ from service.schedules import (
     _set,
     lr_at,
 )
-from service.tail import BLOCK  # the norm's blocks (part of the arithmetic); the update's too
+from dptrain.core.tail import BLOCK  # the norm's blocks (part of the arithmetic); the update's too
 
 __all__ = [
     "OPTIMIZERS",

@@ -1,7 +1,7 @@
 """The Ray cluster's CPUs, for admission: what it has in all, and what is free now.
 
 Both ask the running Ray (they never start one: most Ray calls would). Idle warm actors
-hold CPUs too; `service.warm.WARM` says how many (`idle_cpus`) and frees them
+hold CPUs too; `dptrain.execution.warm.WARM` says how many (`idle_cpus`) and frees them
 (`release_other_sizes`, `drain`).
 """
 from __future__ import annotations

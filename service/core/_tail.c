@@ -157,7 +157,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "service._tail", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "dptrain.core._tail", NULL, -1, methods};
 
 PyMODINIT_FUNC
 PyInit__tail(void)

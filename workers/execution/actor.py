@@ -14,10 +14,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import ray
-
-from workers import channel
-from workers.shard import Partial, Plan, ShardComputer, pin_single_thread_blas
-from workers.shm import Attachments, SegmentRef, ShmCall
+from dptrain.core.shard import Partial, Plan, ShardComputer, pin_single_thread_blas
+from dptrain.execution import channel
+from dptrain.execution.shm import Attachments, SegmentRef, ShmCall
 
 
 class ShardWorker:

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 try:
-    from service import _tail as _kernel
+    from dptrain.core import _tail as _kernel
 except ImportError:  # built without a C compiler: the numpy passes below
     _kernel = None
 

@@ -19,10 +19,9 @@ from enum import Enum
 from typing import Any, Mapping
 
 import numpy as np
+from dptrain.core.tree import Node, chunk_bounds, cover, tree_sum
+from dptrain.engine import Model
 from threadpoolctl import ThreadpoolController
-
-from workers.engine import Model
-from workers.tree import Node, chunk_bounds, cover, tree_sum
 
 
 class PlanKind(Enum):

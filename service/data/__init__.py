@@ -1,8 +1,12 @@
-"""Datasets for dptrain workers and the coordinator.
+"""Data sources: each source's parameters, loader and shapes, and the train/validation split.
+
+Used by the trainer (which ships arrays to workers) and by the server (which checks a job's
+dataset before accepting it); workers never load data themselves. May import
+``dptrain.engine.errors``; nothing else of dptrain.
 
 Usage::
 
-    from workers.data import DatasetSpec, load_dataset
+    from dptrain.data import DatasetSpec, load_dataset
     train, val = load_dataset(DatasetSpec.from_dict(cfg["dataset"]), dtype=np.float32)
 
 Sources: digits, teacher, spirals, blobs, regression (synthetic, seeded) and

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from workers.engine.errors import SpecError as EngineSpecError
+from dptrain.engine.errors import SpecError as EngineSpecError
 
 __all__ = ["SpecError", "DatasetSpec", "PARAM_SCHEMAS", "MAX_CLASSES", "MAX_HIDDEN", "MAX_NAME_CHARS"]
 
