@@ -92,7 +92,10 @@ def test_pow_at_zero_matches_pytorch(c):
     for g in (np.array([[1.0, -2.0, 0.5]]), np.full_like(x, INF)):
         out, g_in, _ = _op_grad("pow", x, g, exponent=c)
         want, _ = _torch_grad(lambda t: t.pow(c), x, g)
-        np.testing.assert_array_equal(out, torch.tensor(x).pow(c).numpy())
+        torch_out = torch.tensor(x).pow(c).numpy()
+        np.testing.assert_array_equal(out[:, 0], torch_out[:, 0])  # at 0: exactly PyTorch's 0, 1 or inf
+        # Elsewhere PyTorch's vectorised pow (its AVX-512 kernel) may be 1 ulp off numpy's.
+        np.testing.assert_array_max_ulp(out[:, 1:], torch_out[:, 1:], maxulp=1)
         _same(g_in, want)
 
 
