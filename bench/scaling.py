@@ -169,12 +169,12 @@ def chunk_cost(data, reps: int = 40) -> None:
     """The price of the fixed tree on one core: a shard computed as fixed micro-chunks
     (then summed along the tree) vs one GEMM per shard. Interleaved; medians."""
     from dptrain.core.config import TrainConfig
-    from dptrain.core.shard import Plan, ShardComputer, pin_single_thread_blas
+    from dptrain.core.shard import Plan, ShardComputer, WorkerJob, pin_single_thread_blas
 
     pin_single_thread_blas()
     cfg = TrainConfig.from_dict(job(1, 1, None))
     theta = cfg.build_model().init_params(0)
-    comp = ShardComputer(cfg.model.to_dict(), cfg.dtype, data[0].X, data[0].y, None, None, 0)
+    comp = ShardComputer(WorkerJob(cfg.model.to_dict(), cfg.dtype, data[0].X, data[0].y, None, None, 0))
     cases = [(512, 128), (512, 256), (512, 512), (1024, 256), (1024, 512), (1024, 1024)]
     times: dict[tuple[int, int], list[float]] = {c: [] for c in cases}
     for i in range(reps):

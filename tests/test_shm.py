@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 from dptrain.core.config import TrainConfig
-from dptrain.core.shard import Plan, ShardComputer
+from dptrain.core.reduce import cover
+from dptrain.core.shard import Plan, ShardComputer, WorkerJob
 from dptrain.core.trainer import Trainer
-from dptrain.core.tree import cover
 from dptrain.execution import shm
 from dptrain.execution.pool import WorkersLost
 
@@ -164,7 +164,7 @@ def test_sums_written_into_given_buffers_have_the_same_bits():
     X = rng.standard_normal((400, 64)).astype(np.float32)
     y = rng.integers(0, 10, 400)
     theta = model.init_params(0)
-    comp = ShardComputer(cfg.model.to_dict(), "float32", X, y, None, None, 0)
+    comp = ShardComputer(WorkerJob(cfg.model.to_dict(), "float32", X, y, None, None, 0))
     for run in [(0, 7), (1, 6), (3, 4), (2, 7)]:
         plan = Plan(0, 0, 100, 16, run)
         want = [(p.node, p.grad.copy(), p.loss) for p in comp.compute(theta, plan)]

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Mapping
 
 import numpy as np
-from dptrain.core.tree import Node, chunk_bounds, cover, tree_sum
+from dptrain.core.reduce import Partial, chunk_bounds, cover, run_sums
 from dptrain.engine import Model
 from threadpoolctl import ThreadpoolController
 
@@ -57,19 +57,6 @@ class Plan:
         return len(cover(*self.run, self.n_chunks()))
 
 
-@dataclass
-class Partial:
-    """Sums over the chunks of one tree node. `index_sum` lets the coordinator verify
-    that exactly the planned examples were used (the ledger's per-step proof)."""
-
-    node: Node
-    grad: np.ndarray | None
-    loss: float
-    count: int
-    correct: int
-    index_sum: int
-
-
 _controller: ThreadpoolController | None = None
 _pinned = False
 
@@ -99,23 +86,36 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def add_into(left: Partial, right: Partial, out: np.ndarray | None = None) -> Partial:
-    """left + right, the one addition of the reduction tree (left subtree first)."""
-    grad = None
-    if left.grad is not None:
-        grad = np.add(left.grad, right.grad, out=left.grad if out is None else out)
-    return Partial((left.node[0], right.node[1]), grad, left.loss + right.loss, left.count + right.count,
-                   left.correct + right.correct, left.index_sum + right.index_sum)
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a worker needs to compute a job's plans: the model, the data, the seed (which
+    fixes each epoch's order) and its CPUs (`threads`: chunks computed side by side).
+
+    Sent once per worker (Ray puts it in the object store once; its arrays arrive as
+    zero-copy read-only views); each step then only sends plans and weights.
+    """
+
+    model_spec: Mapping[str, Any]
+    dtype: str
+    X: np.ndarray
+    y: np.ndarray
+    X_val: np.ndarray | None
+    y_val: np.ndarray | None
+    seed: int
+    cpus: float = 1.0
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus))
 
 
 class ShardComputer:
     """Holds a model and zero-copy views of the data; computes tree-node partial sums."""
 
-    def __init__(self, model_spec: Mapping[str, Any], dtype: str, X: np.ndarray, y: np.ndarray,
-                 X_val: np.ndarray | None, y_val: np.ndarray | None, seed: int, threads: int = 1) -> None:
-        self.models = [Model(model_spec, dtype=dtype) for _ in range(max(1, threads))]
-        self.X, self.y, self.X_val, self.y_val = X, y, X_val, y_val
-        self.seed = seed
+    def __init__(self, job: WorkerJob, threads: int = 1) -> None:
+        self.models = [Model(job.model_spec, dtype=job.dtype) for _ in range(max(1, threads))]
+        self.X, self.y, self.X_val, self.y_val = job.X, job.y, job.X_val, job.y_val
+        self.seed = job.seed
         self.pool = ThreadPoolExecutor(len(self.models)) if len(self.models) > 1 else None
         self._perm: tuple[int, np.ndarray] | None = None
         self._bufs: dict[tuple[int, int], np.ndarray] = {}
@@ -131,9 +131,8 @@ class ShardComputer:
         With `out` (one array per node of `cover(run)`, training plans only), node j's
         gradient sum is written into out[j]: the leftmost chunk of the node computes
         straight into it (`Model.backward` fills and returns the `grad` it is given) and
-        the node's additions accumulate there (`add_into` writes into its left operand,
-        and `tree_sum` never drops a node's left half, which holds its first chunk), so
-        no copy is made and parts[j].grad is out[j] (tests/test_shm.py checks it). Without
+        the node's additions accumulate there (`dptrain.core.reduce.run_sums`), so no
+        copy is made and parts[j].grad is out[j] (tests/test_shm.py checks it). Without
         it, gradients live in reusable buffers valid until the next call.
         """
         bounds = chunk_bounds(plan.size, plan.chunk)
@@ -164,8 +163,7 @@ class ShardComputer:
                 leaves = lane(0)
             else:
                 leaves = [p for ps in self.pool.map(lane, range(lanes)) for p in ps]
-        known = {p.node: p for p in leaves}
-        return [replace(tree_sum(node, n_chunks, known, add_into), node=node) for node in nodes]
+        return run_sums(leaves, plan.run, n_chunks)
 
     def _chunk(self, lane: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray, i: int,
                idx: np.ndarray, k: int, train: bool, out: np.ndarray | None = None) -> Partial:

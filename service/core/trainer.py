@@ -10,7 +10,7 @@ One step, for a global batch B of the epoch's permutation:
   1. cut B into fixed micro-chunks and give each worker a contiguous run of them;
   2. each worker returns sums over its chunks (gradient, loss, count, correct);
   3. finish the fixed reduction tree, then g = sum / |B| (divided once, globally; the root's
-     addition, the division and the norm's squares in one pass, `service/tail.py`);
+     addition, the division and the norm's squares in one pass): `dptrain.core.reduce`;
   4. theta <- optimizer(theta, g, lr(step)); put theta in the object store once (version+1).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import math
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -28,10 +28,9 @@ from dptrain.core.backends import Backend, make_backend
 from dptrain.core.config import TrainConfig
 from dptrain.core.ledger import EpochLedger, LedgerError
 from dptrain.core.optim import make_optimizer
-from dptrain.core.shard import Partial, Plan, PlanKind, add_into, epoch_permutation
-from dptrain.core.tail import mean_grad, n_blocks
+from dptrain.core.reduce import Buffers, Reduced, Reduction, worker_runs
+from dptrain.core.shard import Plan, PlanKind, WorkerJob, epoch_permutation
 from dptrain.core.telemetry import StepMetrics, WorkerTiming
-from dptrain.core.tree import chunk_bounds, root, split_runs, tree_sum
 from dptrain.data import Dataset, load_dataset
 from dptrain.engine import Model, SpecError
 
@@ -100,12 +99,11 @@ class Trainer:
             self.ledger.load_state_dict(self.state.ledger)
         elif self.state.position:  # a checkpoint without a ledger (older): count the plan's part
             self.ledger.record(self.state.epoch, self.permutation(self.state.epoch)[:self.state.position])
-        self.grad = np.empty_like(self.state.theta)  # the mean gradient, reused every step
-        self._norm_sums = np.empty(n_blocks(self.grad.size))  # its norm's block sums
-        self._scratch: dict[tuple[int, int], np.ndarray] = {}
-        args = (config.model.to_dict(), config.dtype, self.train.X, self.train.y,
-                None if self.val is None else self.val.X, None if self.val is None else self.val.y, config.seed)
-        self.backend: Backend = make_backend(backend, *args, workers=config.workers, cpus=config.cpus_per_worker,
+        self._buffers = Buffers()  # the reduction's arrays (tree nodes, mean gradient), reused every step
+        job = WorkerJob(config.model.to_dict(), config.dtype, self.train.X, self.train.y,
+                        None if self.val is None else self.val.X, None if self.val is None else self.val.y,
+                        config.seed, config.cpus_per_worker)
+        self.backend: Backend = make_backend(backend, job, workers=config.workers, cpus=config.cpus_per_worker,
                                              timeout_s=config.worker_timeout_s,
                                              budget_s=config.recovery_budget_s, cancel=cancel)
         # From here on the weights live where the backend publishes them (for same-node Ray
@@ -137,60 +135,30 @@ class Trainer:
             self._perm = (epoch, epoch_permutation(self.config.seed, epoch, self.train.n))
         return self._perm[1]
 
-    def _plans(self, epoch: int, start: int, size: int) -> list[Plan]:
-        n_chunks = len(chunk_bounds(size, self.config.chunk_size))
-        runs = [r for r in split_runs(n_chunks, self.backend.size) if r[1] > r[0]]
-        return [Plan(epoch, start, size, self.config.chunk_size, r) for r in runs]
+    def _plans(self, size: int, epoch: int = 0, start: int = 0, kind: PlanKind = PlanKind.TRAIN) -> list[Plan]:
+        """One plan per worker: a contiguous run of the batch's micro-chunks (none empty)."""
+        chunk = self.config.chunk_size
+        return [Plan(epoch, start, size, chunk, r, kind) for r in worker_runs(size, chunk, self.backend.size)]
 
-    # --- reduction ------------------------------------------------------------------
-    def _reduce(self, outcomes, size: int, split_root: bool = False) -> list[Partial]:
-        """Finish the fixed tree over the workers' partial sums (left subtree first): its root,
-        or with `split_root` the root's two children (the root alone if it is one chunk or a
-        worker returned it whole), whose addition `_mean_gradient` fuses with the division."""
-        known = {p.node: p for o in outcomes for p in o.parts}
-        n_chunks = len(chunk_bounds(size, self.config.chunk_size))
-
-        def add(left: Partial, right: Partial) -> Partial:
-            node = (left.node[0], right.node[1])
-            out = None
-            if left.grad is not None:
-                out = self._scratch.get(node)
-                if out is None:
-                    out = self._scratch[node] = np.empty_like(left.grad)
-            return add_into(left, right, out)
-
-        lo, hi = root(n_chunks)
-        nodes = [(lo, hi)]
-        if split_root and hi - lo > 1 and (lo, hi) not in known:
-            mid = (lo + hi) // 2  # the right half is never empty: root spans the least power of 2
-            nodes = [(lo, mid), (mid, hi)]
-        return [tree_sum(node, n_chunks, known, add) for node in nodes]
-
-    def _mean_gradient(self, outcomes, size: int) -> Partial:
-        """The tree's root as metadata, with `self.grad` = its gradient / count, and the
-        norm's block sums in `self._norm_sums`: the root's addition is fused with the
-        division and the norm's squares (`service/tail.py`, same bits as separate passes)."""
-        left, *rest = self._reduce(outcomes, size, split_root=True)
-        right = rest[0] if rest else None
-        total = left if right is None else add_into(replace(left, grad=None), replace(right, grad=None))
-        mean_grad(left.grad, None if right is None else right.grad, total.count, self.grad, self._norm_sums)
-        return total
+    def _compute(self, plans: list[Plan]) -> tuple[Reduced, list]:
+        """The plans run on the backend, their sums reduced along the fixed tree."""
+        reduction = Reduction(plans[0].n_chunks(), self._buffers)
+        outcomes = self.backend.run(plans, reduction)
+        return reduction.finish(), outcomes
 
     # --- one step -------------------------------------------------------------------------
     def step(self) -> StepMetrics:
         t0 = time.perf_counter()
         failures0 = self.backend.failures
         epoch, start, size = self._next_batch()
-        plans = self._plans(epoch, start, size)
-        outcomes = self.backend.run("compute", plans)
-        total = self._mean_gradient(outcomes, size)
+        (grad, norm_sums, total), outcomes = self._compute(self._plans(size, epoch, start))
         indices = self.permutation(epoch)[start:start + size]
         if total.count != size or total.index_sum != int(indices.sum()):
             raise LedgerError(f"step {self.state.step + 1}: workers used {total.count} examples "
                               f"(index sum {total.index_sum}), planned {size} ({int(indices.sum())})")
         self.ledger.record(epoch, indices)
         lr = self.config.optimizer.lr_at(self.state.step, self.total_steps)
-        grad_norm = self.optimizer.step(self.state.theta, self.grad, lr, self._norm_sums)
+        grad_norm = self.optimizer.step(self.state.theta, grad, lr, norm_sums)
         s = self.state
         s.step, s.position, s.version = s.step + 1, start + size, s.version + 1
         s.theta = self.backend.publish(s.theta)
@@ -226,10 +194,7 @@ class Trainer:
     def evaluate(self) -> tuple[float, float | None]:
         """Validation loss and accuracy: forward only, sharded like a training step."""
         n = self.val.n
-        bounds = chunk_bounds(n, self.config.chunk_size)
-        runs = [r for r in split_runs(len(bounds), self.backend.size) if r[1] > r[0]]
-        plans = [Plan(0, 0, n, self.config.chunk_size, r, PlanKind.EVALUATE) for r in runs]
-        (total,) = self._reduce(self.backend.run("compute", plans), n)
+        (_, _, total), _ = self._compute(self._plans(n, kind=PlanKind.EVALUATE))
         acc = total.correct / n if self.val.task == "classification" else None
         return total.loss / n, acc
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import ray
-from dptrain.core.shard import Partial, Plan, ShardComputer, pin_single_thread_blas
+from dptrain.core.reduce import Partial
+from dptrain.core.shard import Plan, ShardComputer, WorkerJob, pin_single_thread_blas
 from dptrain.execution import channel
 from dptrain.execution.shm import Attachments, SegmentRef, ShmCall
 
@@ -26,18 +27,16 @@ class ShardWorker:
     serves job after job (`service/warm.py`), emptied by `release` in between.
     """
 
-    def __init__(self, *job: Any) -> None:
+    def __init__(self, job: WorkerJob | None = None) -> None:
         self.computer: ShardComputer | None = None
         self.release()
-        if job:
-            self.load(*job)
+        if job is not None:
+            self.load(job)
 
-    def load(self, model_spec: Mapping[str, Any], dtype: str, X: np.ndarray, y: np.ndarray,
-             X_val: np.ndarray | None, y_val: np.ndarray | None, seed: int, cpus: float) -> None:
+    def load(self, job: WorkerJob) -> None:
         """Take on a job: its model and zero-copy views of its data."""
         self.release()
-        threads = max(1, int(cpus))
-        self.computer = ShardComputer(model_spec, dtype, X, y, X_val, y_val, seed, threads)
+        self.computer = ShardComputer(job, job.threads)
 
     def release(self) -> None:
         """Drop the job: its data views (so the object store can free them), its shared files."""

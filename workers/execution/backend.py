@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 from dptrain.core.backends import Outcome
-from dptrain.core.shard import Plan
+from dptrain.core.reduce import Reduction
+from dptrain.core.shard import Plan, WorkerJob
 from dptrain.execution import shm
 from dptrain.execution.pool import WorkerPool
 
@@ -19,7 +20,7 @@ class RayBackend:
     plans. Workers on this node read the weights from and write their sums to shared memory
     (unless `$DPTRAIN_SHM=0`); workers elsewhere use the object store."""
 
-    def __init__(self, model_spec, dtype, X, y, X_val, y_val, seed, workers: int, cpus: float,
+    def __init__(self, job: WorkerJob, workers: int, cpus: float,
                  timeout_s: float, budget_s: float, cancel: threading.Event | None = None) -> None:
         """`cancel`: once set, any wait of the pool (workers starting, a step's results)
         raises `dptrain.execution.pool.Cancelled` within a fraction of a second."""
@@ -28,7 +29,7 @@ class RayBackend:
 
         ensure_ray()
         self._ray = ray
-        refs = [ray.put(a) if a is not None else None for a in (X, y, X_val, y_val)]
+        job_ref = ray.put(job)  # once; each worker maps its arrays zero-copy
         host, mode = None, shm.mode()
         if mode != "off":
             try:
@@ -36,7 +37,7 @@ class RayBackend:
             except OSError as e:
                 log.warning("shared memory unavailable (%s); using the object store", e)
         try:
-            self.pool = WorkerPool((model_spec, dtype, *refs, seed, cpus), workers, cpus, timeout_s, budget_s,
+            self.pool = WorkerPool(job_ref, workers, cpus, timeout_s, budget_s,
                                    shm=host, channels=mode == "channel", cancel=cancel)
         except BaseException:
             if host is not None:
@@ -56,8 +57,8 @@ class RayBackend:
         weights returned last time) and/or the object store. Returns where they now are."""
         return self.pool.publish(theta)
 
-    def run(self, method: str, plans: list[Plan]) -> list[Outcome]:
-        return self.pool.run(method, plans)
+    def run(self, plans: list[Plan], into: Reduction) -> list[Outcome]:
+        return self.pool.run(plans, into)
 
     def resize(self, n: int) -> None:
         self.pool.resize(n)

@@ -24,14 +24,14 @@ import math
 import select
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import ray
 from dptrain.core.backends import Outcome
-from dptrain.core.shard import Partial, Plan, add_into
-from dptrain.core.tree import Node, cover, root
+from dptrain.core.reduce import Partial, Reduction, cover
+from dptrain.core.shard import Plan
 from dptrain.engine import SpecError
 from dptrain.execution.actor import RayShardWorker
 from dptrain.execution.capacity import cluster_cpus, fits
@@ -89,44 +89,6 @@ class _Starting:
     listen: str | None  # where it is asked to serve step calls
 
 
-class _Reducer:
-    """Finishes tree nodes as soon as both children are in, while other workers still compute.
-
-    The value of a node is left + right (left first, into a buffer of its own): exactly the
-    addition `tree_sum` performs, so the coordinator's reduction finds these nodes already
-    done and the bits are unchanged. After the last result only the additions on its path
-    to the root remain (log2 K of them, instead of K - 1, for K workers). The root's own
-    addition is left to the trainer, which fuses it with the division (`service/tail.py`).
-    """
-
-    def __init__(self, n_chunks: int, scratch: dict[tuple, np.ndarray]) -> None:
-        self.top = root(n_chunks)[1]
-        self.known: dict[Node, Partial] = {}
-        self.scratch = scratch
-
-    def add(self, parts: list[Partial]) -> list[Partial]:
-        done = []
-        for p in parts:
-            node = p.node
-            self.known[node] = p
-            while 2 * (node[1] - node[0]) < self.top:  # the parent is below the root
-                size = node[1] - node[0]
-                lo = node[0] - node[0] % (2 * size)
-                left, right, parent = (lo, lo + size), (lo + size, lo + 2 * size), (lo, lo + 2 * size)
-                if left not in self.known or right not in self.known or parent in self.known:
-                    break
-                a, b = self.known[left], self.known[right]
-                key = (parent, a.grad.size, a.grad.dtype.str)
-                out = self.scratch.get(key)
-                if out is None:
-                    out = self.scratch[key] = np.empty_like(a.grad)
-                merged = replace(add_into(a, b, out), node=parent)
-                self.known[parent] = merged
-                done.append(merged)
-                node = parent
-        return done
-
-
 class _ChanCall:
     """A call in flight on a channel (the key of `pending`, like a Ray ObjectRef)."""
 
@@ -171,10 +133,10 @@ class _Pending:
 
 
 class WorkerPool:
-    def __init__(self, actor_args: tuple, n_workers: int, cpus: float, timeout_s: float,
+    def __init__(self, job: Any, n_workers: int, cpus: float, timeout_s: float,
                  budget_s: float, shm: ShmHost | None = None, channels: bool = True,
                  cancel: threading.Event | None = None) -> None:
-        self.actor_args = actor_args
+        self.job = job  # a WorkerJob, or its object-store reference
         self.cpus = cpus
         self.timeout_s = timeout_s
         self.budget_s = budget_s
@@ -189,7 +151,6 @@ class WorkerPool:
         self._restore_at, self._restore_pause = 0.0, _RETRY_S
         self._theta_ref: Any = None  # the published weights in the object store, if needed
         self._theta_shared = False  # the published weights are in shared memory
-        self._reduce_scratch: dict[tuple, np.ndarray] = {}  # one buffer per tree node, reused
         self._clean = True  # no step ended by an exception (calls may still be running)
         self.resize(n_workers)
 
@@ -263,7 +224,7 @@ class WorkerPool:
         return slots
 
     def _new(self, count: int) -> list[Any]:
-        return [RayShardWorker.options(num_cpus=self.cpus, scheduling_strategy="SPREAD").remote(*self.actor_args)
+        return [RayShardWorker.options(num_cpus=self.cpus, scheduling_strategy="SPREAD").remote(self.job)
                 for _ in range(count)]
 
     def _ask(self, actors: list[Any]) -> list[_Starting]:
@@ -298,7 +259,7 @@ class WorkerPool:
         """Idle actors of an earlier job (`service/warm.py`), loaded with this one; any that
         cannot take it (gone while idle, or stuck) is killed and left out."""
         taken = WARM.take(self.cpus, count)
-        loading = [(a, _submit(a.load, *self.actor_args)) for a in taken]
+        loading = [(a, _submit(a.load, self.job)) for a in taken]
         try:
             late = self._await([r for _, r in loading if r is not None],
                                min(deadline, time.monotonic() + _WARM_LOAD_S))
@@ -428,20 +389,19 @@ class WorkerPool:
         return self._theta_ref
 
     # --- a step -----------------------------------------------------------------------
-    def run(self, method: str, plans: list[Plan]) -> list[Outcome]:
-        """One plan per slot (in order); returns one Outcome per plan, recovering failures.
+    def run(self, plans: list[Plan], into: Reduction) -> list[Outcome]:
+        """One plan per slot (in order); each result's tree nodes go to `into` as it arrives.
+        Returns one Outcome per plan, recovering failures.
 
-        On the shared-memory path the returned partials' gradients are views of the
-        workers' output files; those of nodes finished here live in the pool's buffers:
-        either is valid until the next `run`.
+        On the shared-memory path the partials' gradients are views of the workers' output
+        files, valid until the next `run`.
         """
+        method = "compute"
         self._clean = False
         started = time.monotonic()
         recovery_deadline = started + self.budget_s
         outcomes: dict[int, Outcome] = {}
         pending: dict[Any, _Pending] = {}  # Ray ObjectRef or _ChanCall -> what it computes
-        train = len(plans) > 1 and all(pl.trains for pl in plans)
-        reducer = _Reducer(plans[0].n_chunks(), self._reduce_scratch) if train else None
         for sl in self.slots:
             sl.used = 0
         if self.shm is not None:
@@ -476,9 +436,8 @@ class WorkerPool:
                     raise  # a bug or bad data, not a lost worker: let the job fail with it
                 if x.out is not None and plans[x.p].trains:
                     self._attach_grads(parts, plans[x.p], *x.out)
-                if reducer is not None:
-                    parts = parts + reducer.add(parts)
-                outcomes[x.p] = Outcome(parts, compute_s, time.monotonic() - x.t, x.s,
+                into.add(parts)
+                outcomes[x.p] = Outcome(compute_s, time.monotonic() - x.t, x.s,
                                         x.slot.info.get("node_id", ""))
             now = time.monotonic()
             late = [key for key, x in pending.items() if now - x.t > self.timeout_s]
