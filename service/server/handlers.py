@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from dptrain.engine import Model, SpecError
 from dptrain.rpc import bounds, convert, pb
-from dptrain.store.base import TERMINAL
+from dptrain.store.base import TERMINAL, JobState
 from dptrain.store.checkpoints import CheckpointNotFound
 
 from .datasets import TooLarge
@@ -98,7 +98,7 @@ def watch_job(m: JobManager, req: pb.WatchJobRequest, active: Callable[[], bool]
 
 def _state_event(job_id: str, state: str, message: str) -> pb.JobEvent:
     change = pb.StateChange(state=convert.state_to_pb(state), message=message)
-    if state == "FAILED":
+    if state == JobState.FAILED:
         change.error = message
     return pb.JobEvent(job_id=job_id, state=change)
 
@@ -217,7 +217,7 @@ def _weights(m: JobManager, job_id: str, step: int | None) -> tuple[int, int, np
             raise CheckpointNotFound(f"job {job_id} has no checkpoint at step {step}; "
                                      f"it has {m.checkpoints.steps(job_id)}") from None
         return s.version, s.step, s.theta, model
-    if rec.state == "RUNNING" and job_id in m.weights:
+    if rec.state == JobState.RUNNING and job_id in m.weights:
         v = m.weights_feed(job_id).latest(timeout=10.0)
         if v is not None:
             return v.version, v.step, v.theta, model

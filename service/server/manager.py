@@ -27,7 +27,7 @@ from dptrain.core.trainer import Trainer
 from dptrain.engine import SpecError
 from dptrain.execution.pool import Cancelled
 from dptrain.rpc import convert, pb
-from dptrain.store.base import TERMINAL, IllegalTransition, JobRecord, JobStore, StoreError
+from dptrain.store.base import TERMINAL, IllegalTransition, JobRecord, JobState, JobStore, StoreError
 from dptrain.store.checkpoints import CheckpointStore
 
 from . import metrics as prom
@@ -35,7 +35,7 @@ from .datasets import DatasetRegistry
 from .feeds import JobFeed, WeightsFeed
 
 log = logging.getLogger(__name__)
-RESUMABLE = TERMINAL - {"SUCCEEDED"}  # ResumeJob requeues these; SUCCEEDED is final
+RESUMABLE = TERMINAL - {JobState.SUCCEEDED}  # ResumeJob requeues these; SUCCEEDED is final
 _CPU_EPS = 1e-6  # Ray keeps resources to 1e-4; sums of fractional CPUs must not round a fit away
 
 
@@ -108,9 +108,9 @@ class JobManager:
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
         for rec in self.store.unfinished():
-            if rec.state == "RUNNING":
+            if rec.state == JobState.RUNNING:
                 log.info("requeueing job %s interrupted at step %s", rec.id, rec.step)
-                self.store.transition(rec.id, "QUEUED")
+                self.store.transition(rec.id, JobState.QUEUED)
         self.scheduler.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
@@ -157,8 +157,8 @@ class JobManager:
                 raise IllegalTransition(f"job {job_id} is {rec.state}; only FAILED or CANCELLED jobs "
                                         f"can be resumed")
             self.pending.pop(job_id, None)
-            rec = self.store.transition(job_id, "QUEUED")
-            self.feed(job_id).set_state("QUEUED", "resumed")
+            rec = self.store.transition(job_id, JobState.QUEUED)
+            self.feed(job_id).set_state(JobState.QUEUED, "resumed")
             self.wakeup.notify_all()
         log.info("job %s resumed (from its checkpoint at step %s)", job_id, rec.checkpoint_step)
         return rec
@@ -166,9 +166,9 @@ class JobManager:
     def cancel(self, job_id: str) -> JobRecord:
         with self.lock:
             rec = self.store.get(job_id)
-            if rec.state == "QUEUED" and job_id not in self.running:
-                rec = self.store.transition(job_id, "CANCELLED")
-                self.feed(job_id).set_state("CANCELLED")
+            if rec.state == JobState.QUEUED and job_id not in self.running:
+                rec = self.store.transition(job_id, JobState.CANCELLED)
+                self.feed(job_id).set_state(JobState.CANCELLED)
                 self.weights_feed(job_id).close()  # ends StreamWeights waiting for it to start
                 self.weights.pop(job_id, None)
             elif job_id in self.running:
@@ -211,7 +211,7 @@ class JobManager:
         """The oldest queued job if it may start now (under the lock), marked RUNNING."""
         if self.stopping or len(self.running) >= self.max_running:
             return None
-        queued, _ = self.store.list(states=["QUEUED"], page_size=1)
+        queued, _ = self.store.list(states=[JobState.QUEUED], page_size=1)
         if not queued:
             return None
         rec, need = queued[0], cpus_needed(queued[0].spec)
@@ -221,8 +221,8 @@ class JobManager:
                 log.warning("job %s needs %g CPUs; the cluster has %g: it waits for nodes", rec.id, need, free)
                 self._short_of_cpus = rec.id
             return None
-        rec = self.store.transition(rec.id, "RUNNING")
-        self.feed(rec.id).set_state("RUNNING")
+        rec = self.store.transition(rec.id, JobState.RUNNING)
+        self.feed(rec.id).set_state(JobState.RUNNING)
         return rec
 
     # --- running one job ------------------------------------------------------------------
@@ -252,13 +252,13 @@ class JobManager:
                 if every and m.step % every == 0 and not trainer.done:
                     self._checkpoint(job_id, trainer, history)
             self._checkpoint(job_id, trainer, history, final=True)
-            self._finish(job_id, "SUCCEEDED", feed)
+            self._finish(job_id, JobState.SUCCEEDED, feed)
         except (JobCancelled, Cancelled):
             self._stopped(job_id, trainer, history, feed)
         except Exception as e:  # the job fails; the server keeps serving
             log.exception("job %s failed", job_id)
             self._quietly(history.flush)
-            self._finish(job_id, "FAILED", feed, _describe(e))
+            self._finish(job_id, JobState.FAILED, feed, _describe(e))
         finally:
             if trainer is not None:
                 self._quietly(trainer.close)
@@ -281,9 +281,9 @@ class JobManager:
             log.error("job %s: no checkpoint at step %d as it stopped: %s", job_id, step, _describe(e))
         if self.stopping:
             log.info("job %s paused for shutdown at step %d", job_id, step)
-            self._quietly(self.store.transition, job_id, "QUEUED")
+            self._quietly(self.store.transition, job_id, JobState.QUEUED)
         else:
-            self._finish(job_id, "CANCELLED", feed)
+            self._finish(job_id, JobState.CANCELLED, feed)
 
     def _checkpoint(self, job_id: str, trainer: Trainer, history: MetricsBuffer, final: bool = False) -> None:
         history.flush()  # the history is durable up to every checkpoint

@@ -31,18 +31,36 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from dptrain.engine.errors import show as clip
 
-STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "QUEUED": frozenset({"RUNNING", "CANCELLED"}),
-    "RUNNING": frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "QUEUED"}),
-    "FAILED": frozenset({"QUEUED"}),
-    "CANCELLED": frozenset({"QUEUED"}),
-    "SUCCEEDED": frozenset(),
+
+class JobState(str, Enum):
+    """A job's state. A `str` too, equal to its name, so it is stored, compared and sent as text
+    (the store's column, the proto's `JOB_STATE_<name>`) without conversions."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATES = tuple(JobState)
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE = frozenset({JobState.QUEUED, JobState.RUNNING})
+"""The work to resume after a crash."""
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED}),
+    JobState.SUCCEEDED: frozenset(),
 }
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -132,7 +150,7 @@ class JobRecord:
     id: str
     name: str
     spec: dict[str, Any]  # the validated TrainConfig.to_dict()
-    state: str = "QUEUED"
+    state: JobState = JobState.QUEUED
     created: float = 0.0  # unix seconds
     started: float | None = None  # first time it ran
     finished: float | None = None  # when it reached a final state
@@ -153,21 +171,21 @@ def new_job_id() -> str:
 
 def check_transition(job_id: str, old: str, new: str) -> None:
     if new not in STATES:
-        raise ValueError(f"unknown state {new!r}; states: {list(STATES)}")
-    if new not in TRANSITIONS[old]:
-        allowed = sorted(TRANSITIONS[old]) or "none (final state)"
+        raise ValueError(f"unknown state {new!r}; states: {[str(x) for x in STATES]}")
+    if new not in TRANSITIONS[JobState(old)]:
+        allowed = sorted(str(s) for s in TRANSITIONS[JobState(old)]) or "none (final state)"
         raise IllegalTransition(f"job {job_id}: cannot go from {old} to {new}; allowed: {allowed}")
 
 
 def transition_changes(rec: JobRecord, new: str, error: str | None, now: float) -> dict[str, Any]:
     """The fields a legal transition sets: timestamps, and the error if one is given."""
     check_transition(rec.id, rec.state, new)
-    changes: dict[str, Any] = {"state": new}
-    if new == "RUNNING" and rec.started is None:
+    changes: dict[str, Any] = {"state": JobState(new)}
+    if new == JobState.RUNNING and rec.started is None:
         changes["started"] = now
     if new in TERMINAL:
         changes["finished"] = now
-    if new == "QUEUED" and rec.state in TERMINAL:  # resumed: it is neither finished nor failed now
+    if new == JobState.QUEUED and rec.state in TERMINAL:  # resumed: it is neither finished nor failed now
         changes.update(finished=None, error=None)
     if error is not None:
         changes["error"] = error
@@ -231,7 +249,7 @@ def page_args(states: Iterable[str] | None, page_size: int, page_token: str) -> 
     wanted = tuple(states or ())
     for s in wanted:
         if s not in STATES:
-            raise ValueError(f"unknown state {s!r}; states: {list(STATES)}")
+            raise ValueError(f"unknown state {s!r}; states: {[str(x) for x in STATES]}")
     size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
     if not page_token:
         return wanted, size, 0

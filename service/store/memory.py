@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from .base import (
+    ACTIVE,
     DEFAULT_PAGE_SIZE,
     DatasetNotFound,
     JobNotFound,
@@ -119,7 +120,7 @@ class MemoryJobStore(JobStore):
 
     def unfinished(self) -> list[JobRecord]:
         with self._lock:
-            return [copy.deepcopy(r) for r in self._jobs.values() if r.state in ("QUEUED", "RUNNING")]
+            return [copy.deepcopy(r) for r in self._jobs.values() if r.state in ACTIVE]
 
     def add_dataset(self, info: dict[str, Any]) -> dict[str, Any]:
         dataset_id = info.get("id")

@@ -36,6 +36,7 @@ from .base import (
     DatasetNotFound,
     JobNotFound,
     JobRecord,
+    JobState,
     JobStore,
     StoreError,
     StoreUnavailable,
@@ -200,6 +201,7 @@ class SqliteJobStore(JobStore):
         d = dict(zip(_COLUMNS, row))
         for key in _JSON:
             d[key] = json.loads(d[key])
+        d["state"] = JobState(d["state"])
         return JobRecord(**d)
 
     def _get(self, c: sqlite3.Connection, job_id: str) -> JobRecord:
