@@ -1,8 +1,8 @@
 """Service benchmarks: submit-to-first-step latency, GetJob latency under 50 open
 WatchJob streams, the gRPC path's throughput overhead, and `dptrain demo` end to end.
 
-    python bench/dptrain.py              # all four
-    python bench/dptrain.py --skip-demo
+    python bench/service.py              # all four
+    python bench/service.py --skip-demo
 
 Targets: first step <= 1 s on a warm server; GetJob p99 <= 50 ms with 50 streams open;
 gRPC-path throughput within 3% of the library path; demo <= 30 s including Ray's start.
