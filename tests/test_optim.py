@@ -366,7 +366,7 @@ def test_from_dict_full_spec():
         ({"name": "adam", "lr": -1}, "optimizer.lr", "must be > 0, got -1"),
         ({"name": "adam", "lr": 0}, "optimizer.lr", "> 0"),
         ({"name": "adam", "lr": float("inf")}, "optimizer.lr", "finite"),
-        ({"name": "adam", "lr": "0.1"}, "optimizer.lr", "must be a number"),
+        ({"name": "adam", "lr": "fast"}, "optimizer.lr", "must be a number"),
         ({"name": "lamb"}, "optimizer.name", "must be one of"),
         ({"lr": 0.1}, "optimizer.name", "required"),
         ({"name": "adam", "beta1": 1.0}, "optimizer.beta1", "[0, 1)"),
@@ -381,9 +381,9 @@ def test_from_dict_full_spec():
         ({"name": "sgd", "clip_norm": 0}, "optimizer.clip_norm", "> 0"),
         ({"name": "sgd", "lr": 0.01, "schedule": {"name": "cosine", "min_lr": 0.1}},
          "optimizer.schedule.min_lr", "<= lr"),
-        ({"name": "sgd", "schedule": {"name": "step", "gama": 0.5}}, "optimizer.schedule.gama", "unknown key"),
-        ({"name": "sgd", "learning_rate": 0.1}, "optimizer.learning_rate", "unknown key"),
-        ({"name": "sgd", "lrr": 1, "betas": 2}, "optimizer", "unknown keys ['betas', 'lrr']"),
+        ({"name": "sgd", "schedule": {"name": "step", "gama": 0.5}}, "optimizer.schedule.gama",
+         "unknown field (did you mean 'gamma'?)"),
+        ({"name": "sgd", "learning_rate": 0.1}, "optimizer.learning_rate", "unknown field"),
     ],
 )
 def test_from_dict_errors_name_the_field(d, field, fragment):
@@ -392,6 +392,20 @@ def test_from_dict_errors_name_the_field(d, field, fragment):
     assert exc.value.field == field
     assert fragment in exc.value.message
     assert str(exc.value) == f"{field}: {exc.value.message}"
+
+
+def test_from_dict_reports_every_error_at_once():
+    with pytest.raises(SpecError) as exc:
+        OptimizerSpec.from_dict({"name": "adam", "lrr": 1, "betas": 2, "eps": 0, "momentum": 0.5})
+    fields = [f for f, _ in exc.value.errors]
+    assert sorted(fields) == ["optimizer.betas", "optimizer.eps", "optimizer.lrr", "optimizer.momentum"]
+    assert str(exc.value) == "\n".join(f"{f}: {m}" for f, m in exc.value.errors)
+    assert "unknown field" in dict(exc.value.errors)["optimizer.betas"]
+
+
+def test_numeric_strings_are_numbers():
+    """YAML 1.1 (PyYAML) reads `lr: 3e-3` as the string '3e-3'."""
+    assert OptimizerSpec.from_dict({"name": "adam", "lr": "3e-3", "eps": " 1e-6 "}).lr == 0.003
 
 
 def test_from_dict_rejects_non_mapping_and_uses_custom_path():

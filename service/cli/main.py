@@ -8,7 +8,7 @@ import sys
 import grpc
 from dptrain.engine import SpecError
 
-from . import cluster, local, remote, serve
+from . import cluster, local, remote, schema, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     remote.register(sub)
     cluster.register(sub)
     local.register(sub)
+    schema.register(sub)
     return p
 
 

@@ -33,26 +33,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from dptrain.core import tail
-from dptrain.core.schedules import (
-    USES as SCHEDULE_USES,
-)
-from dptrain.core.schedules import (
-    ScheduleSpec,
-    SpecError,
-    _check_choice,
-    _check_keys,
-    _check_number,
-    _check_used,
-    _prefixed,
-    _set,
-    lr_at,
-)
+from dptrain.core.schedules import USES as SCHEDULE_USES
+from dptrain.core.schedules import ScheduleSpec, SpecError, lr_at
 from dptrain.core.tail import BLOCK  # the norm's blocks (part of the arithmetic); the update's too
+from dptrain.engine.validation import Num, Spec, fail, parse, refuse_unused
+from pydantic import Field, ValidationInfo, model_validator
 
 __all__ = [
     "OPTIMIZERS",
@@ -78,60 +67,43 @@ USES: dict[str, tuple[str, ...]] = {
 }
 """The hyper-parameters each optimizer reads besides ``lr``, ``weight_decay``, ``clip_norm``
 and ``schedule``; any other is refused by :meth:`OptimizerSpec.from_dict`."""
+_HINTS = {("sgd", "momentum"): "plain 'sgd' has no momentum; use name 'momentum' or 'nesterov', or remove it"}
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # --------------------------------------------------------------------------- spec
 
 
-def _check_range(name: str, value: Any, lo: float, hi: float, lo_open: bool, hi_open: bool) -> float:
-    """``value`` as a float within the interval; the error spells the interval out."""
-    x = _check_number(name, value)
-    if (x <= lo if lo_open else x < lo) or (x >= hi if hi_open else x > hi):
-        if math.isinf(hi):
-            bound = f"{'>' if lo_open else '>='} {lo:g}"
-        else:
-            bound = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise SpecError(name, f"must be {bound}, got {value!r}")
-    return x
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
+class OptimizerSpec(Spec):
     """Optimizer hyper-parameters, validated on construction. ``lr`` is the base rate that
     ``schedule`` scales. Constructed directly, fields the optimizer does not use (``beta1``
     for ``sgd``) keep their defaults and are ignored; :meth:`from_dict`, the path of every
     spec a user writes, refuses them (:data:`USES`)."""
 
-    name: str
-    lr: float = 0.01
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    alpha: float = 0.99
-    weight_decay: float = 0.0
-    clip_norm: float | None = None
-    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    name: Literal["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"] = Field(
+        description="the update rule (torch.optim semantics)")
+    lr: Num(0.0, lo_open=True) = Field(0.01, description="base learning rate, scaled by the schedule")
+    momentum: Num(0.0, 1.0, hi_open=True) = Field(0.9, description="momentum, nesterov: the momentum factor")
+    beta1: Num(0.0, 1.0, hi_open=True) = Field(0.9, description="adam, adamw: first-moment decay")
+    beta2: Num(0.0, 1.0, hi_open=True) = Field(0.999, description="adam, adamw: second-moment decay")
+    eps: Num(0.0, lo_open=True) = Field(1e-8, description="rmsprop, adam, adamw: added to the denominator")
+    alpha: Num(0.0, 1.0, hi_open=True) = Field(0.99, description="rmsprop: squared-gradient decay")
+    weight_decay: Num(0.0) = Field(0.0, description="L2 decay (decoupled for adamw)")
+    clip_norm: Num(0.0, lo_open=True) | None = Field(None, description="clip the gradient's global norm to this")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="the learning-rate schedule")
 
-    def __post_init__(self) -> None:
-        inf = math.inf
-        _set(self, "name", _check_choice("name", self.name, OPTIMIZERS))
-        _set(self, "lr", _check_range("lr", self.lr, 0.0, inf, True, True))
-        _set(self, "momentum", _check_range("momentum", self.momentum, 0.0, 1.0, False, True))
+    @model_validator(mode="wrap")
+    @classmethod
+    def _used_only(cls, data: Any, handler: Any, info: ValidationInfo) -> OptimizerSpec:
+        return refuse_unused(cls, data, handler, info, USES, "optimizer", _HINTS)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OptimizerSpec:
         if self.name == "nesterov" and self.momentum == 0.0:
-            raise SpecError("momentum", "nesterov requires momentum > 0")
-        _set(self, "beta1", _check_range("beta1", self.beta1, 0.0, 1.0, False, True))
-        _set(self, "beta2", _check_range("beta2", self.beta2, 0.0, 1.0, False, True))
-        _set(self, "eps", _check_range("eps", self.eps, 0.0, inf, True, True))
-        _set(self, "alpha", _check_range("alpha", self.alpha, 0.0, 1.0, False, True))
-        _set(self, "weight_decay", _check_range("weight_decay", self.weight_decay, 0.0, inf, False, True))
-        if self.clip_norm is not None:
-            _set(self, "clip_norm", _check_range("clip_norm", self.clip_norm, 0.0, inf, True, True))
-        if not isinstance(self.schedule, ScheduleSpec):
-            raise SpecError("schedule", f"must be a ScheduleSpec, got {type(self.schedule).__name__}")
+            raise fail("nesterov requires momentum > 0", "momentum")
         if self.schedule.min_lr > self.lr:
-            raise SpecError("schedule.min_lr", f"must be <= lr ({self.lr:g}), got {self.schedule.min_lr:g}")
+            raise fail(f"must be <= lr ({self.lr:g}), got {self.schedule.min_lr:g}", "schedule.min_lr")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form that `from_dict` reads back (for job records): the fields this
@@ -143,22 +115,10 @@ class OptimizerSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "optimizer") -> OptimizerSpec:
-        """Parse a config mapping; errors name the dotted field path, e.g.
+        """Parse a config mapping; every error names its dotted field path, e.g.
         ``optimizer.lr: must be > 0, got -1``. Unknown keys are errors, and so are keys the
         named optimizer does not use (``momentum`` for adam): a setting is never ignored."""
-        _check_keys(path, d, cls, required=("name",))
-        _check_choice(f"{path}.name", d["name"], OPTIMIZERS)
-        if d["name"] == "sgd" and d.get("momentum") is not None:
-            hint = "plain 'sgd' has no momentum; use name 'momentum' or 'nesterov', or remove it"
-            raise SpecError(f"{path}.momentum", hint)
-        _check_used(path, d, "optimizer", USES)
-        kwargs = dict(d)
-        if "schedule" in kwargs and not isinstance(kwargs["schedule"], ScheduleSpec):
-            kwargs["schedule"] = ScheduleSpec.from_dict(kwargs["schedule"], path=f"{path}.schedule")
-        try:
-            return cls(**kwargs)
-        except SpecError as err:
-            raise _prefixed(path, err) from None
+        return parse(cls, d, path)
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Scheduled learning rate of update ``step`` (0-based); see :func:`lr_at`."""

@@ -22,13 +22,12 @@ With ``W = warmup_steps`` and base rate ``lr0``:
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from dptrain.engine.errors import SpecError
+from dptrain.engine.validation import Int, Num, Spec, fail, parse, refuse_unused
 from dptrain.rpc import bounds
+from pydantic import Field, ValidationInfo, model_validator
 
 __all__ = ["SCHEDULES", "ScheduleSpec", "SpecError", "USES", "lr_at"]
 
@@ -37,118 +36,37 @@ USES: dict[str, tuple[str, ...]] = {"constant": (), "step": ("step_size", "gamma
 """The fields each schedule reads besides ``name`` and ``warmup_steps``."""
 
 
-# --------------------------------------------------------------------------- field checks
-# Shared with dptrain.core.optim. Each returns the normalised value or raises SpecError with a
-# field name relative to the spec; from_dict() prefixes the spec's own path.
-
-
-def _check_number(field: str, value: Any) -> float:
-    """A finite real number (bools are rejected: ``True`` is not a learning rate)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise SpecError(field, f"must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise SpecError(field, f"must be finite, got {value}")
-    return value
-
-
-def _check_int(field: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SpecError(field, f"must be an integer, got {type(value).__name__} {value!r}")
-    if value < lo or value > hi:
-        raise SpecError(field, f"must be >= {lo}, got {value}" if value < lo else f"must be <= {hi}, got {value}")
-    return int(value)
-
-
-def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        shown = bounds.clip(value) if isinstance(value, str) else repr(value)
-        raise SpecError(field, f"must be one of {list(choices)}, got {shown}")
-    return value
-
-
-def _check_used(path: str, d: Mapping[str, Any], kind: str, uses: Mapping[str, tuple[str, ...]]) -> None:
-    """Fields that ``d["name"]`` would not read are errors: a setting must never be ignored.
-
-    ``uses`` maps each name to the fields only it reads; ``None`` counts as unset.
-    """
-    specific = {f for fs in uses.values() for f in fs}
-    for key, value in d.items():
-        if key in specific and value is not None and key not in uses[d["name"]]:
-            users = [n for n, fs in uses.items() if key in fs]
-            raise SpecError(f"{path}.{key}", f"is not used by the {d['name']!r} {kind} (only by "
-                                             f"{', '.join(repr(u) for u in users)}); remove it")
-
-
-def _check_keys(path: str, d: Any, cls: type, required: tuple[str, ...]) -> None:
-    """``d`` must be a mapping holding only ``cls``'s fields and all ``required`` ones."""
-    if not isinstance(d, Mapping):
-        raise SpecError(path, f"must be a mapping, got {type(d).__name__}")
-    allowed = [f.name for f in fields(cls)]
-    unknown = sorted(str(k) for k in d if k not in allowed)
-    if len(unknown) == 1:
-        raise SpecError(f"{path}.{unknown[0]}", f"unknown key (allowed: {allowed})")
-    if unknown:
-        raise SpecError(path, f"unknown keys {unknown} (allowed: {allowed})")
-    for key in required:
-        if key not in d:
-            raise SpecError(f"{path}.{key}", "is required")
-
-
-_set = object.__setattr__  # assigns normalised values to a frozen dataclass
-
-
-def _prefixed(path: str, err: SpecError) -> SpecError:
-    return SpecError(f"{path}.{err.field}", err.message)
-
-
-# --------------------------------------------------------------------------- spec
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
+class ScheduleSpec(Spec):
     """Which schedule, and its parameters (validated on construction).
 
     ``total_steps``, when set, fixes the cosine horizon independently of the run
     length passed to :func:`lr_at` (e.g. to anneal over the first part of a run).
     """
 
-    name: str = "constant"
-    warmup_steps: int = 0
-    step_size: int = 1000
-    gamma: float = 0.1
-    total_steps: int | None = None
-    min_lr: float = 0.0
+    name: Literal["constant", "step", "cosine"] = Field("constant", description="the schedule after warmup")
+    warmup_steps: Int(0, bounds.STEPS) = Field(0, description="updates of linear warmup from lr / warmup_steps")
+    step_size: Int(1, bounds.STEPS) = Field(1000, description="step: updates between decays")
+    gamma: Num(0.0, 1.0, lo_open=True) = Field(0.1, description="step: the factor of each decay")
+    total_steps: Int(1, bounds.STEPS) | None = Field(
+        None, description="cosine: the horizon in updates, warmup included (default: the run's length)")
+    min_lr: Num(0.0) = Field(0.0, description="cosine: the rate at the horizon and after")
 
-    def __post_init__(self) -> None:
-        _set(self, "name", _check_choice("name", self.name, SCHEDULES))
-        _set(self, "warmup_steps", _check_int("warmup_steps", self.warmup_steps, 0, bounds.STEPS))
-        _set(self, "step_size", _check_int("step_size", self.step_size, 1, bounds.STEPS))
-        _set(self, "gamma", _check_number("gamma", self.gamma))
-        if not 0.0 < self.gamma <= 1.0:
-            raise SpecError("gamma", f"must be in (0, 1], got {self.gamma}")
-        if self.total_steps is not None:
-            _set(self, "total_steps", _check_int("total_steps", self.total_steps, 1, bounds.STEPS))
-            if self.total_steps <= self.warmup_steps:
-                raise SpecError(
-                    "total_steps",
-                    f"must be > warmup_steps ({self.warmup_steps}), got {self.total_steps}",
-                )
-        _set(self, "min_lr", _check_number("min_lr", self.min_lr))
-        if self.min_lr < 0.0:
-            raise SpecError("min_lr", f"must be >= 0, got {self.min_lr}")
+    @model_validator(mode="wrap")
+    @classmethod
+    def _used_only(cls, data: Any, handler: Any, info: ValidationInfo) -> ScheduleSpec:
+        return refuse_unused(cls, data, handler, info, USES, "schedule")
+
+    @model_validator(mode="after")
+    def _horizon_after_warmup(self) -> ScheduleSpec:
+        if self.total_steps is not None and self.total_steps <= self.warmup_steps:
+            raise fail(f"must be > warmup_steps ({self.warmup_steps}), got {self.total_steps}", "total_steps")
+        return self
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], path: str = "schedule") -> ScheduleSpec:
+    def from_dict(cls, d: Any, path: str = "schedule") -> ScheduleSpec:
         """Parse a config mapping; errors name the full dotted field path. A field the
         named schedule does not use is an error (see :data:`USES`)."""
-        _check_keys(path, d, cls, required=("name",))
-        _check_choice(f"{path}.name", d["name"], SCHEDULES)
-        _check_used(path, d, "schedule", USES)
-        try:
-            return cls(**d)
-        except SpecError as err:
-            raise _prefixed(path, err) from None
+        return parse(cls, d, path)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields this schedule uses (what `from_dict` accepts back)."""

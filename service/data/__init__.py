@@ -2,7 +2,7 @@
 
 Used by the trainer (which ships arrays to workers) and by the server (which checks a job's
 dataset before accepting it); workers never load data themselves. May import
-``dptrain.engine.errors``; nothing else of dptrain.
+``dptrain.engine.errors`` and ``dptrain.engine.validation``; nothing else of dptrain.
 
 Usage::
 
@@ -10,13 +10,14 @@ Usage::
     train, val = load_dataset(DatasetSpec.from_dict(cfg["dataset"]), dtype=np.float32)
 
 Sources: digits, teacher, spirals, blobs, regression (synthetic, seeded) and
-npz, csv (user files). See ``PARAM_SCHEMAS`` for each source's params/defaults.
+npz, csv (user files). ``SOURCES`` holds each one's parameters (``PARAM_SCHEMAS``, pydantic
+models: types, defaults, bounds), loader and shape; docs/spec.md lists them.
 """
 
 from .dataset import CLASSIFICATION, REGRESSION, Dataset, train_val_split
 from .files import from_arrays
 from .limits import MAX_FILE_BYTES, MAX_VALUES, DataLimits
-from .loader import LOADERS, MAX_EXAMPLES, MAX_FEATURES, check_limits, load_dataset
+from .loader import LOADERS, MAX_EXAMPLES, MAX_FEATURES, SOURCES, Source, check_limits, load_dataset
 from .spec import MAX_CLASSES, PARAM_SCHEMAS, DatasetSpec, SpecError
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "train_val_split",
     "from_arrays",
     "LOADERS",
+    "SOURCES",
+    "Source",
     "PARAM_SCHEMAS",
     "MAX_EXAMPLES",
     "MAX_FEATURES",

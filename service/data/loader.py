@@ -1,32 +1,53 @@
-"""``load_dataset``: spec -> (train, validation), with size guards."""
+"""The source registry (each source's parameters, loader and shape) and ``load_dataset``:
+spec -> (train, validation), with size guards."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import files, synthetic
-from .dataset import Dataset, as_float_dtype, train_val_split
+from .dataset import CLASSIFICATION, REGRESSION, Dataset, as_float_dtype, train_val_split
 from .limits import MAX_EXAMPLES, MAX_FEATURES, MAX_FILE_BYTES, MAX_VALUES, DataLimits
-from .spec import PARAM_SCHEMAS, DatasetSpec, SpecError
+from .spec import PARAM_SCHEMAS, DatasetSpec, Params, SpecError
 
-__all__ = ["MAX_EXAMPLES", "MAX_FEATURES", "MAX_VALUES", "MAX_FILE_BYTES", "LOADERS", "check_limits", "load_dataset"]
+__all__ = ["MAX_EXAMPLES", "MAX_FEATURES", "MAX_VALUES", "MAX_FILE_BYTES", "LOADERS", "SOURCES", "Source",
+           "check_limits", "load_dataset"]
 
 Loader = Callable[[Mapping[str, Any], np.dtype, Path | None, DataLimits], Dataset]
-LOADERS: dict[str, Loader] = {
-    "digits": synthetic.digits,
-    "teacher": synthetic.teacher,
-    "spirals": synthetic.spirals,
-    "blobs": synthetic.blobs,
-    "regression": synthetic.regression,
-    "npz": files.npz,
-    "csv": files.csv_file,
+Shape = tuple[int, int, str, int]
+"""(examples, features, task, classes or target width)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One data source: its parameters, how to build it, and its shape from the parameters
+    alone (None for files: their shape is known once read, e.g. at upload)."""
+
+    params: type[Params]
+    load: Loader
+    shape: Callable[[Mapping[str, Any]], Shape] | None = None
+
+
+SOURCES: dict[str, Source] = {
+    "digits": Source(PARAM_SCHEMAS["digits"], synthetic.digits, lambda p: (1797, 64, CLASSIFICATION, 10)),
+    "teacher": Source(PARAM_SCHEMAS["teacher"], synthetic.teacher,
+                      lambda p: (p["n"], p["d"], CLASSIFICATION, p["classes"])),
+    "spirals": Source(PARAM_SCHEMAS["spirals"], synthetic.spirals,
+                      lambda p: (p["n"], 2, CLASSIFICATION, p["classes"])),
+    "blobs": Source(PARAM_SCHEMAS["blobs"], synthetic.blobs, lambda p: (p["n"], p["d"], CLASSIFICATION, p["classes"])),
+    "regression": Source(PARAM_SCHEMAS["regression"], synthetic.regression,
+                         lambda p: (p["n"], p["d"], REGRESSION, p["outputs"])),
+    "npz": Source(PARAM_SCHEMAS["npz"], files.npz),
+    "csv": Source(PARAM_SCHEMAS["csv"], files.csv_file),
 }
-assert LOADERS.keys() == PARAM_SCHEMAS.keys(), "every spec name needs a loader"
+assert SOURCES.keys() == PARAM_SCHEMAS.keys(), "every spec name needs a source"
+LOADERS: dict[str, Loader] = {name: source.load for name, source in SOURCES.items()}
 
 
 def _limits(max_examples: int | None, max_features: int | None, max_values: int | None,
@@ -103,7 +124,7 @@ def load_dataset(
     dt = as_float_dtype(dtype)
     limits = _limits(max_examples, max_features, max_values, max_file_bytes)
     _check_requested(spec, limits)
-    ds = LOADERS[spec.name](spec.params, dt, Path(data_dir) if data_dir is not None else None, limits)
+    ds = SOURCES[spec.name].load(spec.params, dt, Path(data_dir) if data_dir is not None else None, limits)
     _check_loaded(spec, ds, limits)
     try:
         return train_val_split(ds, spec.val_fraction, spec.seed)

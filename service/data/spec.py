@@ -7,14 +7,24 @@ deep inside a Ray worker.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import numpy as np
 from dptrain.engine.errors import SpecError as EngineSpecError
+from dptrain.engine.errors import show
+from dptrain.engine.validation import Int, Num, Spec, fail, parse, several, translate
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 
 __all__ = ["SpecError", "DatasetSpec", "PARAM_SCHEMAS", "MAX_CLASSES", "MAX_HIDDEN", "MAX_NAME_CHARS"]
 
@@ -33,75 +43,27 @@ class SpecError(EngineSpecError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"dataset.{field}" if field else "dataset", message)
-        self.local_field = field
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        """Pickle by (field, message) so the error survives Ray's process hops."""
-        return (type(self), (self.local_field, self.message))
 
 
-class _Invalid(ValueError):
-    """Internal: a validator's complaint, re-raised as SpecError with the field attached."""
-
-
-Validator = Callable[[Any], Any]
-_REQUIRED = object()
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _show(v: Any) -> str:
-    """Short rendering of a bad value for error messages (numpy scalars shown plainly)."""
-    if _is_int(v) or isinstance(v, (float, np.floating)):
-        return str(v)
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _int_range(lo: int, hi: int | None = None, what: str = "") -> Validator:
-    desc = what or (f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]")
-
-    def check(v: Any) -> int:
-        if not _is_int(v) or v < lo or (hi is not None and v > hi):
-            raise _Invalid(f"must be {desc}, got {_show(v)}")
-        return int(v)
-
-    return check
-
-
-_positive_int = _int_range(1, what="a positive integer")
-_seed = _int_range(0, what="a non-negative integer")
-_classes = _int_range(2, MAX_CLASSES)
-
-
-def _scale(v: Any) -> float:
-    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-    if not ok or not math.isfinite(v) or v < 0:
-        raise _Invalid(f"must be a finite number >= 0, got {_show(v)}")
-    if v > MAX_SCALE:
-        raise _Invalid(f"must be at most {MAX_SCALE:g}, got {_show(v)}")
-    return float(v)
+# --------------------------------------------------------------------------- parameter types
 
 
 def _path(v: Any) -> str:
     if isinstance(v, os.PathLike):
         v = os.fspath(v)
     if not isinstance(v, str) or not v:
-        raise _Invalid(f"must be a non-empty path string, got {_show(v)}")
+        raise fail(f"must be a non-empty path string, got {show(v)}")
     return v
 
 
 def _label(v: Any) -> int | str | None:
     if v is None:
         return None
-    if _is_int(v):
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
         return int(v)
     if isinstance(v, str) and 0 < len(v) <= MAX_NAME_CHARS:
         return v
-    raise _Invalid(f"must be a column name or integer index (names: 1 to {MAX_NAME_CHARS} characters), "
-                   f"got {_show(v)}")
+    raise fail(f"must be a column name or integer index (names: 1 to {MAX_NAME_CHARS} characters), got {show(v)}")
 
 
 def _header(v: Any) -> bool | None:
@@ -109,7 +71,7 @@ def _header(v: Any) -> bool | None:
         return None
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
-    raise _Invalid(f"must be true, false or 'auto', got {_show(v)}")
+    raise fail(f"must be true, false or 'auto', got {show(v)}")
 
 
 def _task(v: Any) -> str | None:
@@ -117,86 +79,131 @@ def _task(v: Any) -> str | None:
         return None
     if v in ("classification", "regression"):
         return v
-    raise _Invalid(f"must be one of auto, classification, regression; got {_show(v)}")
+    raise fail(f"must be one of auto, classification, regression; got {show(v)}")
 
 
 def _delimiter(v: Any) -> str:
     if isinstance(v, str) and len(v) == 1 and v not in "\r\n\"":
         return v
-    raise _Invalid(f"must be a single character, got {_show(v)}")
+    raise fail(f"must be a single character, got {show(v)}")
 
 
-# name -> {param -> (validator, default)}. A default of None for ``seed`` means
-# "use DatasetSpec.seed", so a single seed in a config controls everything.
-PARAM_SCHEMAS: dict[str, dict[str, tuple[Validator, Any]]] = {
-    "digits": {},
-    "teacher": {
-        "n": (_positive_int, 8192),
-        "d": (_positive_int, 784),
-        "classes": (_classes, 10),
-        "hidden": (_int_range(1, MAX_HIDDEN), 64),
-        "seed": (_seed, None),
-    },
-    "spirals": {
-        "n": (_positive_int, 3000),
-        "classes": (_classes, 3),
-        "noise": (_scale, 0.05),
-        "seed": (_seed, None),
-    },
-    "blobs": {
-        "n": (_positive_int, 3000),
-        "d": (_positive_int, 2),
-        "classes": (_classes, 3),
-        "spread": (_scale, 1.0),
-        "seed": (_seed, None),
-    },
-    "regression": {
-        "n": (_positive_int, 4096),
-        "d": (_positive_int, 16),
-        "outputs": (_int_range(1, MAX_CLASSES), 1),
-        "noise": (_scale, 0.1),
-        "seed": (_seed, None),
-    },
-    "npz": {"path": (_path, _REQUIRED)},
-    "csv": {
-        "path": (_path, _REQUIRED),
-        "label": (_label, None),
-        "header": (_header, None),
-        "task": (_task, None),
-        "delimiter": (_delimiter, ","),
-    },
+def _checked(check: Any, schema: dict[str, Any]) -> Any:
+    """A parameter checked by `check` (its own message), described by `schema`."""
+    return Annotated[Any, PlainValidator(check), WithJsonSchema(schema)]
+
+
+Path_ = _checked(_path, {"type": "string", "minLength": 1})
+Label = _checked(_label, {"anyOf": [{"type": "string", "maxLength": MAX_NAME_CHARS}, {"type": "integer"},
+                                    {"type": "null"}]})
+Header = _checked(_header, {"anyOf": [{"type": "boolean"}, {"enum": ["auto", None]}]})
+Task = _checked(_task, {"enum": ["auto", "classification", "regression", None]})
+Delimiter = _checked(_delimiter, {"type": "string", "minLength": 1, "maxLength": 1})
+Seed = Int(0) | None
+SEED = "the generator's seed (default: the dataset's seed)"
+
+
+# --------------------------------------------------------------------------- each source's parameters
+
+
+class Params(BaseModel):
+    """A source's parameters; a parameter given as null takes its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DigitsParams(Params):
+    """scikit-learn's 8x8 digits: 1797 examples, 64 features, 10 classes. No parameters."""
+
+
+class TeacherParams(Params):
+    """Labels from a random one-hidden-layer teacher network on Gaussian inputs."""
+
+    n: Int(1) = Field(8192, description="examples")
+    d: Int(1) = Field(784, description="features")
+    classes: Int(2, MAX_CLASSES) = Field(10, description="classes")
+    hidden: Int(1, MAX_HIDDEN) = Field(64, description="the teacher's hidden width")
+    seed: Seed = Field(None, description=SEED)
+
+
+class SpiralsParams(Params):
+    """Interleaved 2-D spirals, one arm per class."""
+
+    n: Int(1) = Field(3000, description="examples")
+    classes: Int(2, MAX_CLASSES) = Field(3, description="classes (arms)")
+    noise: Num(0.0, MAX_SCALE) = Field(0.05, description="Gaussian noise added to each point")
+    seed: Seed = Field(None, description=SEED)
+
+
+class BlobsParams(Params):
+    """Gaussian blobs, one per class."""
+
+    n: Int(1) = Field(3000, description="examples")
+    d: Int(1) = Field(2, description="features")
+    classes: Int(2, MAX_CLASSES) = Field(3, description="classes (blobs)")
+    spread: Num(0.0, MAX_SCALE) = Field(1.0, description="each blob's standard deviation")
+    seed: Seed = Field(None, description=SEED)
+
+
+class RegressionParams(Params):
+    """A noisy random linear map: real-valued targets."""
+
+    n: Int(1) = Field(4096, description="examples")
+    d: Int(1) = Field(16, description="features")
+    outputs: Int(1, MAX_CLASSES) = Field(1, description="target width")
+    noise: Num(0.0, MAX_SCALE) = Field(0.1, description="Gaussian noise added to the targets")
+    seed: Seed = Field(None, description=SEED)
+
+
+class NpzParams(Params):
+    """A .npz file with arrays X (n, d) and y (n,) or (n, k); over the API, an uploaded dataset's id."""
+
+    path: Path_ = Field(description="the file (over the API: an uploaded dataset's id)")
+
+
+class CsvParams(Params):
+    """A CSV file: one example per row, the label in one column; over the API, an uploaded dataset's id."""
+
+    path: Path_ = Field(description="the file (over the API: an uploaded dataset's id)")
+    label: Label = Field(None, description="the label column, by name or index (default: the last)")
+    header: Header = Field(None, description="whether the first row names the columns (null/auto: detect)")
+    task: Task = Field(None, description="classification or regression (null/auto: from the label values)")
+    delimiter: Delimiter = Field(",", description="the field separator")
+
+
+PARAM_SCHEMAS: dict[str, type[Params]] = {
+    "digits": DigitsParams, "teacher": TeacherParams, "spirals": SpiralsParams, "blobs": BlobsParams,
+    "regression": RegressionParams, "npz": NpzParams, "csv": CsvParams,
 }
+"""Each source's parameters (the loader registry, ``dptrain.data.loader.SOURCES``, pairs
+them with the source's loader and shape)."""
+SourceName = Literal["digits", "teacher", "spirals", "blobs", "regression", "npz", "csv"]
 
-_FIELDS = ("name", "params", "val_fraction", "seed")
 
-
-def _resolve_params(name: str, params: Any, seed: int) -> dict[str, Any]:
-    """Validate params against the source's schema and fill in defaults."""
-    if params is None:
-        params = {}
-    if not isinstance(params, Mapping):
-        raise SpecError("params", f"must be a mapping, got {_show(params)}")
+def _params(v: Any, info: ValidationInfo) -> dict[str, Any]:
+    """The source's parameters with defaults filled in (``seed`` filled in by DatasetSpec)."""
+    name = info.data.get("name")
+    if name is None:  # the name is wrong: its own error says so
+        return v
+    if v is None:
+        v = {}
+    if not isinstance(v, Mapping):
+        raise fail(f"must be a mapping, got {show(v)}")
     schema = PARAM_SCHEMAS[name]
-    valid = ", ".join(sorted(schema)) or "(none)"
-    for key in params:
-        if key not in schema:
-            raise SpecError(f"params.{key}", f"unknown parameter for '{name}'; valid: {valid}")
-    resolved: dict[str, Any] = {}
-    for key, (check, default) in schema.items():
-        if key not in params or (params[key] is None and default is not _REQUIRED):
-            if default is _REQUIRED:
-                raise SpecError(f"params.{key}", f"is required for '{name}'")
-            resolved[key] = seed if key == "seed" and default is None else default
-            continue
-        try:
-            resolved[key] = check(params[key])
-        except _Invalid as exc:
-            raise SpecError(f"params.{key}", str(exc)) from None
-    return resolved
+    try:
+        return schema.model_validate({k: x for k, x in v.items() if x is not None}).model_dump()
+    except ValidationError as e:
+        raise several(translate(e, schema, where=f"for {name!r}")) from None
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
+ParamsField = Annotated[dict[str, Any],
+                        PlainValidator(_params, json_schema_input_type=Union[tuple(PARAM_SCHEMAS.values())])]
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+class DatasetSpec(Spec):
     """Which dataset to build and how to split it.
 
     ``seed`` drives the train/validation permutation and, unless ``params.seed``
@@ -204,38 +211,25 @@ class DatasetSpec:
     defaults, so a spec that exists is a spec that can be loaded.
     """
 
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-    val_fraction: float = 0.0
-    seed: int = 0
+    name: SourceName = Field(description="the data source (its parameters: see below)")
+    params: ParamsField = Field(default_factory=dict, validate_default=True,
+                                description="the source's parameters (see below)")
+    val_fraction: Num(0.0, 1.0, hi_open=True) = Field(0.0, description="share of examples held out for validation")
+    seed: Int(0) = Field(0, description="seeds the split (and the generator, unless params.seed)")
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or self.name not in PARAM_SCHEMAS:
-            valid = ", ".join(sorted(PARAM_SCHEMAS))
-            raise SpecError("name", f"unknown dataset {_show(self.name)}; valid: {valid}")
-        try:
-            seed = _seed(self.seed)
-        except _Invalid as exc:
-            raise SpecError("seed", str(exc)) from None
-        frac = self.val_fraction
-        is_num = isinstance(frac, (int, float, np.integer, np.floating)) and not isinstance(frac, (bool, np.bool_))
-        if not is_num or not 0.0 <= frac < 1.0:
-            raise SpecError("val_fraction", f"must be a number in [0, 1), got {_show(frac)}")
-        object.__setattr__(self, "seed", seed)
-        object.__setattr__(self, "val_fraction", float(frac))
-        object.__setattr__(self, "params", _resolve_params(self.name, self.params, seed))
+    spec_path: ClassVar[str] = "dataset"
+    spec_error: ClassVar[type[EngineSpecError]] = SpecError
+
+    @model_validator(mode="after")
+    def _seed_params(self) -> DatasetSpec:
+        if "seed" in self.params and self.params["seed"] is None:
+            self.params["seed"] = self.seed
+        return self
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DatasetSpec:
-        """Build from a config mapping, rejecting unknown or missing keys by name."""
-        if not isinstance(d, Mapping):
-            raise SpecError("", f"must be a mapping, got {_show(d)}")
-        for key in d:
-            if key not in _FIELDS:
-                raise SpecError(str(key), f"unknown key; valid: {', '.join(_FIELDS)}")
-        if "name" not in d:
-            raise SpecError("name", f"is required; valid: {', '.join(sorted(PARAM_SCHEMAS))}")
-        return cls(**dict(d))
+        """Build from a config mapping; every error names its field (``dataset.params.n``)."""
+        return parse(cls, d, "dataset")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (with defaults filled in) for logs, checkpoints and RPCs."""

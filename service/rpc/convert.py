@@ -2,9 +2,10 @@
 
 Kept outside the servicer so they can be tested without a server:
 
-* job specs: ``pb.JobSpec`` <-> the dict that ``TrainConfig.from_dict`` validates. The
-  conversion only translates; validation (and its field-naming errors) stays in
-  ``TrainConfig``. Unset ``optional`` fields are omitted so the server defaults apply.
+* job specs: ``pb.JobSpec`` <-> the dict that ``TrainConfig.from_dict`` validates. A
+  request is read once, by protobuf's own ``MessageToDict``, then reshaped (attribute maps
+  to plain values); validation (and its field-naming errors) stays in ``TrainConfig``.
+  Unset ``optional`` fields are omitted so the server defaults apply.
 * tensors: raw little-endian bytes + dtype + shape, decoded with ``np.frombuffer``
   (never pickle); every size is checked against the declared shape.
 * weights: one version split into ``WeightsUpdate`` chunks under a byte budget, and
@@ -22,8 +23,10 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import numpy as np
-from dptrain.engine.errors import SpecError
+from dptrain.engine.errors import SpecError, show
+from dptrain.engine.spec import parse_layer
 from dptrain.rpc import bounds, pb
+from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -55,15 +58,6 @@ def to_attr(value: Any, field: str) -> pb.AttrValue:
     raise SpecError(field, f"must be a number, integer, boolean or string, got {type(value).__name__} {value!r}")
 
 
-def from_attr(value: pb.AttrValue) -> Any:
-    kind = value.WhichOneof("value")
-    return None if kind is None else getattr(value, kind)
-
-
-def _attrs_to_dict(attrs: Mapping[str, pb.AttrValue]) -> dict[str, Any]:
-    return {k: from_attr(attrs[k]) for k in sorted(attrs)}
-
-
 def _fill_attrs(target: Any, attrs: Mapping[str, Any], path: str) -> None:
     for key, value in attrs.items():
         if not isinstance(key, str):
@@ -89,7 +83,8 @@ def _scalars_to_dict(msg: Message, skip: tuple[str, ...] = ()) -> dict[str, Any]
 _KINDS = {
     FieldDescriptor.CPPTYPE_INT32: ("an integer", lambda v: isinstance(v, (int, np.integer)), int),
     FieldDescriptor.CPPTYPE_INT64: ("an integer", lambda v: isinstance(v, (int, np.integer)), int),
-    FieldDescriptor.CPPTYPE_DOUBLE: ("a number", lambda v: isinstance(v, (int, float, np.integer, np.floating)), float),
+    FieldDescriptor.CPPTYPE_DOUBLE: ("a number", lambda v: isinstance(v, (int, float, str, np.integer, np.floating)),
+                                     float),  # a str: YAML 1.1 reads `lr: 3e-3` as one
     FieldDescriptor.CPPTYPE_BOOL: ("true or false", lambda v: isinstance(v, (bool, np.bool_)), bool),
     FieldDescriptor.CPPTYPE_STRING: ("a string", lambda v: isinstance(v, str), str),
 }
@@ -129,49 +124,61 @@ def _mapping(d: Any, path: str) -> Mapping[str, Any]:
 def job_spec_to_dict(spec: pb.JobSpec) -> dict[str, Any]:
     """The ``TrainConfig.from_dict`` form of ``spec`` (without the ``name`` label and the
     ``request_id``). Only what the client set: unset fields take the server's defaults."""
-    d: dict[str, Any] = {}
-    if spec.HasField("model"):
-        d["model"] = _model_to_dict(spec.model)
-    if spec.HasField("dataset"):
-        ds = spec.dataset
-        d["dataset"] = {**_scalars_to_dict(ds), "params": _attrs_to_dict(ds.params)}
-    if spec.HasField("optimizer"):
-        opt = spec.optimizer
-        d["optimizer"] = _scalars_to_dict(opt)
-        if opt.HasField("schedule"):
-            sched = _scalars_to_dict(opt.schedule)
-            sched["name"] = sched["name"] or "constant"
-            d["optimizer"]["schedule"] = sched
-    d.update(_scalars_to_dict(spec, skip=_TOP_MESSAGES + _NOT_CONFIG))
+    d = json_format.MessageToDict(spec, preserving_proto_field_name=True)
+    _int64s(d, spec.DESCRIPTOR)
+    for key in ("name", *_NOT_CONFIG):
+        d.pop(key, None)
+    if "model" in d:
+        d["model"] = _model_to_dict(d["model"])
+    if "dataset" in d:
+        d["dataset"]["params"] = _attrs(d["dataset"].get("params", {}), ())
+    schedule = d.get("optimizer", {}).get("schedule")
+    if schedule is not None:
+        schedule.setdefault("name", "constant")
     return d
 
 
-def _model_to_dict(m: pb.ModelSpec) -> dict[str, Any]:
-    d: dict[str, Any] = {"input": m.input}
-    if m.loss:
-        d["loss"] = m.loss
-    if m.layers:
-        d["layers"] = []
-        for i, layer in enumerate(m.layers):
-            _no_reserved(layer.attrs, _RESERVED_LAYER, f"model.layers[{i}]")
-            d["layers"].append({"op": layer.op, **_attrs_to_dict(layer.attrs)})
-    if m.nodes:
-        d["nodes"] = []
-        for i, n in enumerate(m.nodes):
-            _no_reserved(n.attrs, _RESERVED_NODE, f"model.nodes[{i}]")
-            node = {"name": n.name, "op": n.op, "inputs": list(n.inputs), **_attrs_to_dict(n.attrs)}
-            if n.share:
-                node["share"] = n.share
-            d["nodes"].append(node)
-    if m.output:
-        d["output"] = m.output
-    return d
+def _int64s(d: dict[str, Any], desc: Any) -> None:
+    """Proto3 JSON writes 64-bit integers as strings: make them integers again, in place."""
+    for f in desc.fields:
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        if f.message_type is not None:
+            if f.message_type.GetOptions().map_entry:
+                inner = f.message_type.fields_by_name["value"].message_type
+                items = value.values() if inner is not None else ()
+            else:
+                inner, items = f.message_type, value if f.is_repeated else (value,)
+            for item in items:
+                _int64s(item, inner)
+        elif f.cpp_type in (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64):
+            d[f.name] = [int(v) for v in value] if f.is_repeated else int(value)
 
 
-def _no_reserved(attrs: Mapping[str, Any], reserved: tuple[str, ...], path: str) -> None:
+def _attrs(attrs: Mapping[str, Any], reserved: tuple[str, ...], path: str = "") -> dict[str, Any]:
+    """An AttrValue map (``{"units": {"integer": 3}}``) as plain values; null is None."""
     for key in reserved:
         if key in attrs:
             raise SpecError(f"{path}.attrs.{key}", f"{key!r} is a field of the layer/node, not an attribute")
+    return {k: next(iter(attrs[k].values()), None) for k in sorted(attrs)}
+
+
+def _model_to_dict(m: dict[str, Any]) -> dict[str, Any]:
+    d = {"input": m.get("input", 0), **{k: m[k] for k in ("loss", "output") if k in m}}
+    if "layers" in m:
+        d["layers"] = [{"op": layer.get("op", ""), **_attrs(layer.get("attrs", {}), _RESERVED_LAYER,
+                                                             f"model.layers[{i}]")}
+                       for i, layer in enumerate(m["layers"])]
+    if "nodes" in m:
+        d["nodes"] = []
+        for i, n in enumerate(m["nodes"]):
+            node = {"name": n.get("name", ""), "op": n.get("op", ""), "inputs": n.get("inputs", []),
+                    **_attrs(n.get("attrs", {}), _RESERVED_NODE, f"model.nodes[{i}]")}
+            if n.get("share"):
+                node["share"] = n["share"]
+            d["nodes"].append(node)
+    return d
 
 
 def dict_to_job_spec(d: Mapping[str, Any], name: str | None = None) -> pb.JobSpec:
@@ -216,7 +223,9 @@ def _fill_model(m: pb.ModelSpec, d: Mapping[str, Any]) -> None:
             raise SpecError("model.layers", f"must be a list, got {type(layers).__name__}")
         for i, layer in enumerate(layers):
             path = f"model.layers[{i}]"
-            op, attrs = _shorthand(layer, path) if isinstance(layer, str) else _split(layer, "op", path)
+            op, attrs = parse_layer(layer, path)  # "linear 64": the engine's one parser of the shorthand
+            if not isinstance(op, str):
+                raise SpecError(f"{path}.op", f"must be an op name, got {show(op)}")
             _fill_attrs(m.layers.add(op=op).attrs, attrs, path)
     nodes = d.get("nodes")
     if nodes is not None:
@@ -233,31 +242,6 @@ def _fill_model(m: pb.ModelSpec, d: Mapping[str, Any]) -> None:
             _set_scalars(node, {k: raw.get(k) for k in ("name", "op", "share")}, path)
             attrs = {k: v for k, v in raw.items() if k not in _RESERVED_NODE}
             _fill_attrs(node.attrs, attrs, path)
-
-
-def _split(layer: Any, key: str, path: str) -> tuple[str, dict[str, Any]]:
-    layer = _mapping(layer, path)
-    op = layer.get(key)
-    if not isinstance(op, str):
-        raise SpecError(f"{path}.{key}", f"must be an op name, got {op!r}")
-    return op, {k: v for k, v in layer.items() if k != key}
-
-
-def _shorthand(text: str, path: str) -> tuple[str, dict[str, Any]]:
-    """``"linear 64"`` -> ("linear", {"units": 64}), as the engine's spec parser reads it."""
-    from dptrain.engine.registry import POSITIONAL
-
-    parts = text.split()
-    if len(parts) == 1:
-        return parts[0], {}
-    if len(parts) != 2 or parts[0] not in POSITIONAL:
-        raise SpecError(path, f"expected 'op' or 'op argument' (argument for {sorted(POSITIONAL)}), got {text!r}")
-    attr = POSITIONAL[parts[0]]
-    try:
-        value: Any = int(parts[1]) if attr == "units" else float(parts[1])
-    except ValueError:
-        raise SpecError(path, f"cannot read {attr} from {parts[1]!r}") from None
-    return parts[0], {attr: value}
 
 
 # --------------------------------------------------------------------------- tensors

@@ -8,6 +8,8 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dptrain.engine import Limits as EngineLimits
+
 from .streams import StreamLimits
 
 
@@ -15,12 +17,16 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("DPTRAIN_HOME", Path.home() / ".dptrain"))
 
 
-@dataclass
-class Limits:
-    """Requests past these get RESOURCE_EXHAUSTED (or INVALID_ARGUMENT for spec sizes)."""
+@dataclass(frozen=True)
+class Limits(EngineLimits):
+    """The engine's limits on a model (`dptrain.engine.Limits`) plus the service's own.
+
+    Requests past these get RESOURCE_EXHAUSTED (or INVALID_ARGUMENT for spec sizes). The
+    server allows half the parameters a local run may have: its jobs share one machine.
+    """
 
     max_message_bytes: int = 64 << 20  # per gRPC message, both directions
-    max_params: int = 50_000_000  # parameters per job
+    max_params: int = 50_000_000  # parameters per job (a local run: the engine's 100M)
     max_upload_bytes: int = 512 << 20  # per uploaded dataset
     max_examples: int = 1_000_000  # synthetic datasets' n
     max_predict_rows: int = 100_000

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Iterator
 
 from dptrain.core.config import TrainConfig
 from dptrain.core.trainer import check_compatible
-from dptrain.data import MAX_FILE_BYTES, PARAM_SCHEMAS, Dataset, DatasetSpec, check_limits, load_dataset
+from dptrain.data import MAX_FILE_BYTES, PARAM_SCHEMAS, SOURCES, Dataset, DatasetSpec, check_limits, load_dataset
 from dptrain.data import SpecError as DataSpecError
 from dptrain.engine import SpecError
 from dptrain.engine.errors import show as clip
@@ -100,18 +100,14 @@ class DatasetRegistry:
         check_compatible(model, n_features, task, n_outputs, config.dataset.name)
 
     def describe(self, config: TrainConfig) -> tuple[int, int, str, int]:
-        """(examples, features, task, classes or target width) of a dataset spec."""
+        """(examples, features, task, classes or target width) of a dataset spec: a synthetic
+        source's from its params (the source registry), a file's as recorded at upload."""
         name, p = config.dataset.name, config.dataset.params
-        if name in FILE_SOURCES:
-            info = self._info_by_path(p["path"])
-            return info["n"], info["n_features"], info["task"], info["n_classes"] or info.get("n_outputs", 1)
-        if name == "digits":
-            return 1797, 64, "classification", 10
-        if name == "spirals":
-            return p["n"], 2, "classification", p["classes"]
-        if name == "regression":
-            return p["n"], p["d"], "regression", p["outputs"]
-        return p["n"], p["d"], "classification", p["classes"]  # teacher, blobs
+        shape = SOURCES[name].shape
+        if shape is not None:
+            return shape(p)
+        info = self._info_by_path(p["path"])
+        return info["n"], info["n_features"], info["task"], info["n_classes"] or info.get("n_outputs", 1)
 
     def _info_by_path(self, path: str) -> dict[str, Any]:
         return self.store.get_dataset(Path(path).stem)
@@ -221,9 +217,9 @@ def upload_options(fmt: str, header: dict[str, Any]) -> dict[str, Any]:
     try:
         params = DatasetSpec("csv", {"path": "upload", **given}).params
     except DataSpecError as e:
-        raise SpecError(f"header.{e.local_field.removeprefix('params.')}", e.message) from None
-    schema = PARAM_SCHEMAS["csv"]
-    return {key: params[key] for key in CSV_OPTIONS if params[key] != schema[key][1]}
+        raise SpecError.of([(f.replace("dataset.params.", "header.", 1), m) for f, m in e.errors]) from None
+    fields = PARAM_SCHEMAS["csv"].model_fields
+    return {key: params[key] for key in CSV_OPTIONS if params[key] != fields[key].default}
 
 
 def _dataset_id(sha: str, fmt: str, options: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import SpecError, show
+from .errors import SpecError, key_path, show, unknown_field
 from .losses import ALIASES, LOSSES
 from .op import ATTR_BOUND
 from .registry import OPS, POSITIONAL
@@ -72,31 +72,36 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], limits: Limits = Limits(), path: str = "model") -> "ModelSpec":
-        """Parse either form; structural checks here, shape checks in `dptrain.engine.graph`."""
+        """Parse either form, reporting every error at once; structural checks here, shape
+        checks in `dptrain.engine.graph`."""
         if isinstance(d, ModelSpec):
             return d
         if not isinstance(d, Mapping):
             raise SpecError(path, f"must be a mapping, got {type(d).__name__}")
-        allowed = {"input", "layers", "nodes", "output", "loss"}
-        _no_unknown(d, allowed, path)
-        n_in = _positive_int(d.get("input"), f"{path}.input", limits.max_input)
+        errs: Errors = []
+        _no_unknown(d, {"input", "layers", "nodes", "output", "loss"}, path, errs)
+        n_in = _positive_int(d.get("input"), f"{path}.input", limits.max_input, errs)
+        nodes: list[NodeSpec] = []
+        output = None
         if ("layers" in d) == ("nodes" in d):
-            raise SpecError(path, "give exactly one of 'layers' (sequential) or 'nodes' (DAG)")
-        if "layers" in d:
+            errs.append((path, "give exactly one of 'layers' (sequential) or 'nodes' (DAG)"))
+        elif "layers" in d:
             if "output" in d:
-                raise SpecError(f"{path}.output", "only for the DAG form ('nodes')")
-            nodes = _sequential(d["layers"], f"{path}.layers", limits)
-            output = nodes[-1].name
+                errs.append((f"{path}.output", "only for the DAG form ('nodes')"))
+            nodes, complete = _sequential(d["layers"], f"{path}.layers", limits, errs)
+            output = nodes[-1].name if nodes else None
         else:
-            nodes = _dag(d["nodes"], f"{path}.nodes", limits)
+            nodes, complete = _dag(d["nodes"], f"{path}.nodes", limits, errs)
             output = d.get("output", nodes[-1].name if nodes else None)
-            if output not in {n.name for n in nodes}:
-                raise SpecError(f"{path}.output", f"unknown node {show(output)}")
+            if complete and output not in {n.name for n in nodes}:
+                errs.append((f"{path}.output", f"unknown node {show(output)}"))
         loss = d.get("loss")
         if loss is not None:
-            loss = ALIASES.get(loss, loss)
+            loss = ALIASES.get(loss, loss) if isinstance(loss, str) else loss
             if loss not in LOSSES:
-                raise SpecError(f"{path}.loss", f"unknown loss {show(d['loss'])}; choose one of {sorted(LOSSES)}")
+                errs.append((f"{path}.loss", f"unknown loss {show(d['loss'])}; choose one of {sorted(LOSSES)}"))
+        if errs:
+            raise SpecError.of(errs)
         return cls(input=n_in, nodes=tuple(nodes), output=output, loss=loss,
                    form="layers" if "layers" in d else "nodes")
 
@@ -108,44 +113,62 @@ class ModelSpec:
         return d
 
 
-def _no_unknown(d: Mapping[str, Any], allowed: set[str], path: str) -> None:
-    unknown = sorted((str(k) for k in set(d) - allowed))
-    if unknown:
-        key = unknown[0] if len(unknown[0]) <= 64 else show(unknown[0])
-        raise SpecError(f"{path}.{key}", f"unknown field; allowed: {sorted(allowed)}")
+Errors = list[tuple[str, str]]
 
 
-def _positive_int(v: Any, path: str, limit: int) -> int:
+def _no_unknown(d: Mapping[str, Any], allowed: set[str], path: str, errs: Errors) -> None:
+    for key in sorted((k for k in d if k not in allowed), key=str):
+        errs.append((key_path(path, key), unknown_field(key, allowed)))
+
+
+def _positive_int(v: Any, path: str, limit: int, errs: Errors) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise SpecError(path, f"must be a positive integer, got {show(v)}")
-    if v > limit:
-        raise SpecError(path, f"{show(v)} exceeds the limit of {limit}")
-    return v
+        errs.append((path, f"must be a positive integer, got {show(v)}"))
+    elif v > limit:
+        errs.append((path, f"{show(v)} exceeds the limit of {limit}"))
+    else:
+        return v
+    return None
 
 
-def _sequential(layers: Any, path: str, limits: Limits) -> list[NodeSpec]:
+def _sequential(layers: Any, path: str, limits: Limits, errs: Errors) -> tuple[list[NodeSpec], bool]:
+    """The layers as a chain of nodes, and whether every layer was valid."""
     if not isinstance(layers, list) or not layers:
-        raise SpecError(path, "must be a non-empty list of layers")
+        errs.append((path, "must be a non-empty list of layers"))
+        return [], False
     if len(layers) > limits.max_nodes:
-        raise SpecError(path, f"{len(layers)} layers exceed the limit of {limits.max_nodes}")
-    nodes, prev = [], INPUT
+        errs.append((path, f"{len(layers)} layers exceed the limit of {limits.max_nodes}"))
+        return [], False
+    nodes, prev, before = [], INPUT, len(errs)
     for i, layer in enumerate(layers):
         where = f"{path}[{i}]"
-        if isinstance(layer, str):
-            op, attrs = _shorthand(layer, where)
-        elif isinstance(layer, Mapping):
-            if "op" not in layer:
-                raise SpecError(where, "missing 'op'")
-            op, attrs = layer["op"], {k: v for k, v in layer.items() if k != "op"}
-            for key in ("inputs", "name", "share"):
-                if key in attrs:
-                    raise SpecError(f"{where}.{key}", "only for the DAG form ('nodes')")
-        else:
-            raise SpecError(where, f"must be a string like 'linear 64' or a mapping, got {show(layer)}")
-        name = f"{op}{i}"
-        nodes.append(_node(name, op, (prev,), attrs, None, where, limits))
+        try:
+            op, attrs = parse_layer(layer, where)
+        except SpecError as e:
+            errs.extend(e.errors)
+            continue
+        for key in ("inputs", "name", "share"):
+            if key in attrs:
+                errs.append((f"{where}.{key}", "only for the DAG form ('nodes')"))
+                attrs.pop(key)
+        name = f"{op}{i}" if isinstance(op, str) else f"layer{i}"
+        node = _node(name, op, (prev,), attrs, None, where, limits, errs)
+        if node is not None:
+            nodes.append(node)
         prev = name
-    return nodes
+    return nodes, len(errs) == before
+
+
+def parse_layer(layer: Any, where: str) -> tuple[Any, dict[str, Any]]:
+    """A sequential layer as ``(op, attributes)``: ``"linear 64"`` (the one parser of the
+    shorthand) or ``{"op": "linear", "units": 64}``."""
+    if isinstance(layer, str):
+        return _shorthand(layer, where)
+    if isinstance(layer, Mapping):
+        if "op" not in layer:
+            raise SpecError(where, "missing 'op'")
+        return layer["op"], {k: v for k, v in layer.items() if k != "op"}
+    raise SpecError(where, f"must be a string like 'linear 64' or a mapping, got {show(layer)}")
 
 
 def _shorthand(text: str, where: str) -> tuple[str, dict[str, Any]]:
@@ -164,81 +187,128 @@ def _shorthand(text: str, where: str) -> tuple[str, dict[str, Any]]:
     return op, {POSITIONAL[op]: value}
 
 
-def _dag(raw: Any, path: str, limits: Limits) -> list[NodeSpec]:
+def _dag(raw: Any, path: str, limits: Limits, errs: Errors) -> tuple[list[NodeSpec], bool]:
+    """The nodes, and whether every node was valid."""
     if not isinstance(raw, list) or not raw:
-        raise SpecError(path, "must be a non-empty list of nodes")
+        errs.append((path, "must be a non-empty list of nodes"))
+        return [], False
     if len(raw) > limits.max_nodes:
-        raise SpecError(path, f"{len(raw)} nodes exceed the limit of {limits.max_nodes}")
-    nodes, seen = [], {INPUT}
+        errs.append((path, f"{len(raw)} nodes exceed the limit of {limits.max_nodes}"))
+        return [], False
+    nodes, seen, before = [], {INPUT}, len(errs)
     for i, d in enumerate(raw):
         where = f"{path}[{i}]"
         if not isinstance(d, Mapping):
-            raise SpecError(where, f"must be a mapping, got {show(d)}")
+            errs.append((where, f"must be a mapping, got {show(d)}"))
+            continue
         name = d.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise SpecError(f"{where}.name", f"must be an identifier-like string, got {show(name)}")
-        where = f"{where} ({name})"
-        if name in seen:
-            hint = " ('x' is the input)" if name == INPUT else ""
-            raise SpecError(f"{where}.name", f"duplicate name {name!r}{hint}")
-        seen.add(name)
+            errs.append((f"{where}.name", f"must be an identifier-like string, got {show(name)}"))
+        else:
+            where = f"{where} ({name})"
+            if name in seen:
+                hint = " ('x' is the input)" if name == INPUT else ""
+                errs.append((f"{where}.name", f"duplicate name {name!r}{hint}"))
+            seen.add(name)
         if "op" not in d:
-            raise SpecError(f"{where}.op", "missing")
+            errs.append((f"{where}.op", "missing"))
+            continue
         inputs = d.get("inputs")
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
-            raise SpecError(f"{where}.inputs", f"must be a non-empty list of node names, got {show(inputs)}")
+            errs.append((f"{where}.inputs", f"must be a non-empty list of node names, got {show(inputs)}"))
+            inputs = None
         attrs = {k: v for k, v in d.items() if k not in ("name", "op", "inputs", "share")}
-        nodes.append(_node(name, d["op"], tuple(inputs), attrs, d.get("share"), where, limits))
-    return nodes
+        node = _node(name, d["op"], tuple(inputs or ()), attrs, d.get("share"), where, limits, errs,
+                     check_inputs=inputs is not None)
+        if node is not None and len(errs) == before:
+            nodes.append(node)
+    return nodes, len(errs) == before
 
 
-def _node(name: str, op: Any, inputs: tuple[str, ...], attrs: dict[str, Any], share: Any,
-          where: str, limits: Limits) -> NodeSpec:
-    if op not in OPS:
-        raise SpecError(f"{where}.op", f"unknown op {show(op)}; choose one of {sorted(OPS)}")
+def _node(name: Any, op: Any, inputs: tuple[str, ...], attrs: dict[str, Any], share: Any,
+          where: str, limits: Limits, errs: Errors, check_inputs: bool = True) -> NodeSpec | None:
+    """The node, or None after adding its errors to `errs`."""
+    if not isinstance(op, str) or op not in OPS:
+        errs.append((f"{where}.op", f"unknown op {show(op)}; choose one of {sorted(OPS)}"))
+        return None
+    before = len(errs)
     cls = OPS[op]
-    allowed = set(cls.attr_defaults) | set(cls.required_attrs)
-    _no_unknown(attrs, allowed, where)
+    _no_unknown(attrs, set(cls.attr_defaults) | set(cls.required_attrs), where, errs)
     for key in cls.required_attrs:
         if key not in attrs:
-            raise SpecError(f"{where}.{key}", f"required by op {op!r}")
+            errs.append((f"{where}.{key}", f"required by op {op!r}"))
     for key, value in attrs.items():
-        _check_attr(op, key, value, f"{where}.{key}", limits)
-    if cls.arity is None and len(inputs) < 2:
-        raise SpecError(f"{where}.inputs", f"op {op!r} needs at least 2 inputs, got {len(inputs)}")
-    if cls.arity is not None and len(inputs) != cls.arity:
-        raise SpecError(f"{where}.inputs", f"op {op!r} takes {cls.arity} input(s), got {len(inputs)}")
+        if key in cls.attr_defaults or key in cls.required_attrs:
+            _check_attr(op, key, value, f"{where}.{key}", limits, errs)
+    if check_inputs and cls.arity is None and len(inputs) < 2:
+        errs.append((f"{where}.inputs", f"op {op!r} needs at least 2 inputs, got {len(inputs)}"))
+    if check_inputs and cls.arity is not None and len(inputs) != cls.arity:
+        errs.append((f"{where}.inputs", f"op {op!r} takes {cls.arity} input(s), got {len(inputs)}"))
     if share is not None and not isinstance(share, str):
-        raise SpecError(f"{where}.share", f"must name a node, got {show(share)}")
+        errs.append((f"{where}.share", f"must name a node, got {show(share)}"))
+    if len(errs) > before:
+        return None
     return NodeSpec(name=name, op=op, inputs=inputs, attrs=dict(attrs), share=share)
 
 
-def _check_attr(op: str, key: str, value: Any, where: str, limits: Limits) -> None:
+def _check_attr(op: str, key: str, value: Any, where: str, limits: Limits, errs: Errors) -> None:
     """Types and ranges, so that nothing accepted here can only fail at run time.
 
     Numeric attributes must be finite and within the op's bound (`Op.attr_bounds`, else
     `ATTR_BOUND`): ``pow`` exponent 1e308 or ``leaky_relu`` alpha inf would overflow every
     step. Column indices stop at the widest value a node can have.
     """
+    message = _attr_problem(op, key, value, limits)
+    if message:
+        errs.append((where, message))
+
+
+def _attr_problem(op: str, key: str, value: Any, limits: Limits) -> str | None:
     if key in ("units", "start", "stop"):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "units" else 0):
             kind = "positive" if key == "units" else "non-negative"
-            raise SpecError(where, f"must be a {kind} integer, got {show(value)}")
+            return f"must be a {kind} integer, got {show(value)}"
         if key == "units" and value > limits.max_width:
-            raise SpecError(where, f"width {show(value)} exceeds the limit of {limits.max_width}")
+            return f"width {show(value)} exceeds the limit of {limits.max_width}"
         widest = max(limits.max_input, limits.max_width)
-        if value > widest:
-            raise SpecError(where, f"{show(value)} exceeds the widest possible input, {widest}")
-    elif key == "bias":
-        if not isinstance(value, bool):
-            raise SpecError(where, f"must be true or false, got {show(value)}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(where, f"must be a number, got {show(value)}")
-    else:
-        bound = OPS[op].attr_bounds.get(key, ATTR_BOUND)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SpecError(where, f"must be a finite number, got {value!r}")
-        if abs(value) > bound:
-            raise SpecError(where, f"{show(value)} is out of range: |{key}| <= {bound:g} for op {op!r}")
+        return f"{show(value)} exceeds the widest possible input, {widest}" if value > widest else None
+    if key == "bias":
+        return None if isinstance(value, bool) else f"must be true or false, got {show(value)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, got {show(value)}"
+    bound = OPS[op].attr_bounds.get(key, ATTR_BOUND)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    return f"{show(value)} is out of range: |{key}| <= {bound:g} for op {op!r}" if abs(value) > bound else None
+
+
+def json_schema(limits: Limits = Limits()) -> dict[str, Any]:
+    """The model spec's JSON Schema, from the op and loss registries (for ``dptrain schema``)."""
+    ops = sorted(OPS)
+    attr = {"type": ["number", "integer", "boolean"]}
+    op_attrs = {"type": "object", "properties": {"op": {"enum": ops}}, "required": ["op"],
+                "additionalProperties": attr, "description": "an op and its attributes"}
+    layer = {"anyOf": [{"type": "string", "description": "'op' or 'op argument', e.g. 'linear 64', 'leaky_relu "
+                                                         "0.1' (the argument of: " + ", ".join(POSITIONAL) + ")"},
+                       op_attrs]}
+    node = {"type": "object", "required": ["name", "op", "inputs"], "additionalProperties": attr,
+            "properties": {"name": {"type": "string", "pattern": _NAME.pattern, "description": "the node's name"},
+                           "op": {"enum": ops},
+                           "inputs": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                                      "description": f"its input nodes ('{INPUT}' is the model's input)"},
+                           "share": {"type": "string", "description": "a node whose parameters this one reuses"}}}
+    return {
+        "type": "object", "title": "ModelSpec", "additionalProperties": False, "required": ["input"],
+        "description": "the network: `layers` (sequential) or `nodes` (a DAG), exactly one of them",
+        "properties": {
+            "input": {"type": "integer", "minimum": 1, "maximum": limits.max_input, "description": "input features"},
+            "layers": {"type": "array", "items": layer, "minItems": 1, "maxItems": limits.max_nodes,
+                       "description": "the sequential form: each layer feeds the next"},
+            "nodes": {"type": "array", "items": node, "minItems": 1, "maxItems": limits.max_nodes,
+                      "description": "the DAG form: named nodes, any order"},
+            "output": {"type": "string", "description": "DAG form: the output node (default: the last listed)"},
+            "loss": {"enum": sorted({*LOSSES, *ALIASES}), "description": "the training loss"},
+        },
+    }
