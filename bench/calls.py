@@ -6,7 +6,7 @@ On the shared-memory path a step's call carries a few hundred bytes each way (th
 and where the weights are; the reply's sums go to shared files). This times that round
 trip for 2 workers, on 2 CPUs, as a plain Ray actor call, as a Ray Compiled Graph
 (shared-memory channels, compiled once), and over dptrain's Unix-socket channel
-(`workers/channel.py`, which the default transport uses). Medians of 300.
+(`workers/execution/transports/channel.py`, which the default transport uses). Medians of 300.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dptrain.execution import channel  # noqa: E402
+from dptrain.execution.transports import channel  # noqa: E402
 from timing import compiled_graph_ms, median_ms  # noqa: E402
 
-MESSAGE = (7, "compute_shm", ("/dev/shm/dptrain-1234.4026531836-0123456789abcdef-theta", 123456789, 42),
+MESSAGE = (7, ("/dev/shm/dptrain-1234.4026531836-0123456789abcdef-theta", 123456789, 42),
            (0, 1024, 1024, 256, (0, 2)))
 
 
@@ -49,7 +49,7 @@ def ray_calls() -> tuple[float, float | None]:
 
 
 def _serve(path: str) -> None:
-    channel.serve(path, lambda method, call, plan: reply(call), frozenset({"compute_shm"}))
+    channel.serve(path, lambda call, plan: reply(call))
     time.sleep(3600)
 
 
@@ -70,7 +70,7 @@ def socket_channel() -> float:
                 poller.register(fd, select.POLLIN)
 
             def step() -> None:
-                seqs = [c.call("compute_shm", MESSAGE, None) for c in chans]
+                seqs = [c.call(MESSAGE, None) for c in chans]
                 while any(s not in c.replies for c, s in zip(chans, seqs)):
                     for fd, _ in poller.poll(5000):
                         by_fd[fd].read_one()

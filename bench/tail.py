@@ -6,7 +6,7 @@ The tail is what the coordinator does between the last worker's reply and the ne
 dispatch: the root addition of the reduction tree, the division by the batch size, the
 gradient norm and the SGD update over the flat weights (MLP 784-512-512-10: 669,706
 float32, 2.7 MB). Printed: each numpy pass alone; the tail as numpy passes (the trainer
-before `service/tail.py`); the same passes fused into cache-sized blocks; `einsum` for
+before `service/core/tail.py`); the same passes fused into cache-sized blocks; `einsum` for
 the norm; the trainer's tail today (the compiled kernels: add + divide + norm's squares
 in one pass, then the update in one pass); and, if numba is importable (it is not a dependency:
 `pip install numba`), one fused numba loop. Every variant is checked to produce the

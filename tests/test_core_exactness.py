@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from dptrain.core.config import TrainConfig
 from dptrain.core.trainer import Trainer
-from dptrain.execution.pool import WorkersLost
+from dptrain.execution.waiting import WorkersLost
 
 DIGITS_JOB = {
     "model": {"input": 64, "layers": ["linear 32", "tanh", "linear 10"], "loss": "cross_entropy"},

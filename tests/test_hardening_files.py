@@ -5,14 +5,14 @@ import os
 import stat
 import time
 
-from dptrain.execution import channel
+from dptrain.execution.transports import channel
 
 
 def test_the_call_socket_is_ours_alone_before_anyone_can_connect(tmp_path):
     path = str(tmp_path / "call.sock")
     old = os.umask(0o002)  # a permissive umask must not open the socket to the group
     try:
-        channel.serve(path, lambda method, call, plan: None, frozenset(), accept_timeout_s=2.0)
+        channel.serve(path, lambda call, plan: None, accept_timeout_s=2.0)
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from dptrain.core.trainer import Trainer
-from dptrain.execution.pool import Cancelled
+from dptrain.execution.waiting import Cancelled
 from dptrain.execution.warm import WARM
 
 from tests.test_core_exactness import config, local_weights, same_bits

@@ -50,13 +50,14 @@ def test_shared_files_are_removed_exactly_when_their_coordinator_is_dead(tmp_pat
     coordinator's files stay, whoever looks (its own process included)."""
 
     import numpy as np
-    from dptrain.execution import shm
+    from dptrain.execution.transports import segments as shm
+    from dptrain.execution.transports.shm import ShmHost
 
     monkeypatch.setenv("DPTRAIN_SHM_DIR", str(tmp_path))
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys
         import numpy as np
-        from dptrain.execution.shm import ShmHost
+        from dptrain.execution.transports.shm import ShmHost
         host = ShmHost("node")
         host.publish(np.zeros(4, np.float32))
         print(host.prefix, flush=True)
@@ -64,7 +65,7 @@ def test_shared_files_are_removed_exactly_when_their_coordinator_is_dead(tmp_pat
     """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         theirs = child.stdout.readline().strip()
-        ours = shm.ShmHost("node")
+        ours = ShmHost("node")
         ours.publish(np.ones(4, np.float32))
         before = {p: _files(tmp_path, p) for p in (theirs, ours.prefix)}
         assert all(len(f) >= 2 for f in before.values())  # probe and weights at least

@@ -13,8 +13,9 @@ from dptrain.core.config import TrainConfig
 from dptrain.core.reduce import cover
 from dptrain.core.shard import Plan, ShardComputer, WorkerJob
 from dptrain.core.trainer import Trainer
-from dptrain.execution import shm
-from dptrain.execution.pool import WorkersLost
+from dptrain.execution.transports import segments as shm
+from dptrain.execution.transports.ray_calls import RayLink
+from dptrain.execution.waiting import WorkersLost
 
 import tests.test_core_exactness as core
 from tests.test_core_exactness import config, local_weights, same_bits
@@ -65,9 +66,10 @@ def test_mixed_transports_in_one_step(ray_session, reference):
 
     def demote(t, m):
         if m.step == 3:
-            sl = t.backend.pool.slots[1]
-            sl.chan.close()
-            sl.shm, sl.chan = False, None
+            pool = t.backend.pool
+            sl = pool.slots[1]
+            sl.link.close()
+            sl.link = RayLink(sl.actor, pool.theta_ref)
 
     theta, _, _ = train(config(workers=3), during=demote)
     assert same_bits(theta, reference)
@@ -79,14 +81,14 @@ def test_sigkill_with_the_channel_changes_nothing(ray_session, reference):
         for _ in range(4):
             t.step()
         old = t.backend.pool.slots[1]
-        assert old.info["transport"] == "shm+socket"
-        old_out = old.out.path
+        assert old.link.name == "shm+socket"
+        old_out = old.link.out.path
         ray_session.get(old.actor.inject_delay.remote([2.0]))
         os.kill(old.info["pid"], signal.SIGKILL)
         m = t.step()
         assert m.failures == 1
         new = t.backend.pool.slots[1]
-        assert new.out is not None and new.out.path != old_out  # a fresh file for the new actor
+        assert new.link.out is not None and new.link.out.path != old_out  # a fresh file for the new actor
         t.step()
         assert not os.path.exists(old_out)  # the dead actor's file is gone by the next step
         for _ in t.run():
@@ -103,17 +105,17 @@ def test_survivor_takes_a_lost_plan_into_distinct_output_slots(ray_session, refe
     try:
         for _ in range(3):
             t.step()
-        real_start = pool._start
+        real_start = pool.group.start
 
         def no_replacement(count, deadline):
             raise WorkersLost("test: no capacity")
 
-        pool._start = no_replacement
+        pool.group.start = no_replacement
         os.kill(pool.slots[1].info["pid"], signal.SIGKILL)
         m = t.step()
         assert m.failures == 1 and t.backend.size == 1
-        assert pool.slots[0].used == 2  # two calls, two output slots
-        pool._start = real_start
+        assert pool.slots[0].link.used == 2  # two calls, two output slots
+        pool.group.start = real_start
         for _ in t.run():
             pass
     finally:
@@ -192,7 +194,7 @@ def test_a_worker_error_on_the_channel_fails_the_step_not_the_worker(ray_session
     worker, so it is raised (with the worker's traceback) instead of retried."""
     from dataclasses import replace
 
-    from dptrain.execution.channel import ChannelError
+    from dptrain.execution.transports.channel import ChannelError
 
     t = Trainer(config(workers=2), backend="ray")
     pool = t.backend.pool

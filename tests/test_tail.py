@@ -1,4 +1,4 @@
-"""The coordinator's fused tail (service/tail.py): the compiled kernel gives the numpy passes' bits.
+"""The coordinator's fused tail (service/core/tail.py): the compiled kernel gives the numpy passes' bits.
 
 Which path ran is invisible in the bits, so the tests watch `tail._kernel`, the module
 attribute holding the compiled kernel: a `KernelSpy` records each call before running
@@ -18,7 +18,7 @@ from dptrain.core.tail import BLOCK, mean_grad, n_blocks
 
 SIZES = [1, 2, 7, 8, 9, 15, 16, 17, 127, 128, 129, 130, 255, 256, 1000, 4099,
          BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 9, 669_706]
-NO_KERNEL = "service/_tail.c was not built (no C compiler at install): there is no kernel to compare with numpy"
+NO_KERNEL = "service/core/_tail.c was not built (no C compiler at install): there is no kernel to compare with numpy"
 
 
 class KernelSpy:

@@ -1,4 +1,4 @@
-/* The coordinator's tail of a step in one pass over memory (see service/tail.py).
+/* The coordinator's tail of a step in one pass over memory (see service/core/tail.py).
  *
  *   g[i] = (left[i] + right[i]) / count      (or left[i] / count without `right`)
  *   sums[k] = sum over block k of (double)g[i] * (double)g[i]

@@ -1,5 +1,8 @@
 """The coordinator's tail of a step: the mean gradient and its norm's block sums, in one pass.
 
+The kernel behind `dptrain.core.reduce.Reduction.finish` (and the optimizers' last step),
+wrapping the C code with its numpy fallback.
+
 After the workers' partial sums are in, the coordinator computes, over the whole
 parameter vector (P elements, 2.7 MB for the 670k-parameter benchmark model):
 
@@ -9,7 +12,7 @@ parameter vector (P elements, 2.7 MB for the 670k-parameter benchmark model):
 and the optimizer takes ``||g|| = sqrt(sum_k sums[k])`` from ``sums``; each optimizer's
 update then ends with ``theta -= lr * d`` (`sub_scaled`). As numpy passes that is four
 sweeps over memory (add, divide, square into float64, sum) plus two (multiply,
-subtract); the compiled kernels (`service/_tail.c`, built by `pip install` when a C
+subtract); the compiled kernels (`service/core/_tail.c`, built by `pip install` when a C
 compiler is present) do one each, the whole SGD tail ~2x faster on one core. Both give
 the same bits, so which one ran is invisible in the weights; tests/test_tail.py checks
 that on every size and dtype.

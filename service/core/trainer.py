@@ -80,7 +80,7 @@ class Trainer:
                  data: tuple[Dataset, Dataset | None] | None = None,
                  cancel: threading.Event | None = None) -> None:
         """`cancel` (Ray backend): once set, a wait for workers or results raises
-        `dptrain.execution.pool.Cancelled` within a fraction of a second, in this constructor too."""
+        `dptrain.execution.waiting.Cancelled` within a fraction of a second, in this constructor too."""
         self.config = config
         self.model = config.build_model()
         self.train, self.val = data or load_dataset(config.dataset, dtype=config.dtype)

@@ -12,8 +12,8 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from dptrain.execution import shm
 from dptrain.execution.runtime import ensure_ray
+from dptrain.execution.transports import segments as shm
 from dptrain.rpc import pb, pb_grpc
 from dptrain.store.base import StoreUnavailable
 from dptrain.store.checkpoints import CheckpointStore

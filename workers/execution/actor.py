@@ -1,10 +1,10 @@
-"""The Ray actor: a `ShardComputer` in its own process, fed by reference.
+"""The Ray actor: a `ShardComputer` in its own process, reached by either transport.
 
-The dataset arrives once, as object-store references resolved to zero-copy read-only
-views. Per step, on the object-store path, the weights' reference and a small `Plan`
-travel and the gradient sums come back through the object store; on the same-node
-shared-memory path (`workers/shm.py`) only a small `ShmCall` and the `Plan` travel, the
-weights are read from and the sums written to shared files, and the reply is metadata.
+The job arrives once (a `WorkerJob` from the object store: its arrays are zero-copy
+read-only views). Per step, the actor answers a plan through one of its transports'
+worker ends: `compute` (`transports/ray_calls.py`: the weights' reference in, the sums
+back through the object store) or `compute_shm` (`transports/shm.py`: the weights read
+from and the sums written to shared files; called over the socket channel or by Ray).
 """
 from __future__ import annotations
 
@@ -12,19 +12,17 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 import ray
-from dptrain.core.reduce import Partial
-from dptrain.core.shard import Plan, ShardComputer, WorkerJob, pin_single_thread_blas
-from dptrain.execution import channel
-from dptrain.execution.shm import Attachments, SegmentRef, ShmCall
+from dptrain.core.shard import ShardComputer, WorkerJob, pin_single_thread_blas
+from dptrain.execution.transports.ray_calls import RayCallsWorker
+from dptrain.execution.transports.shm import SegmentRef, ShmWorker
 
 
-class ShardWorker:
+class ShardWorker(RayCallsWorker, ShmWorker):
     """Plain class (tests can build it without Ray); `RayShardWorker` is its actor form.
 
-    Built with a job's arguments, or empty and given a job later by `load`: a warm actor
-    serves job after job (`service/warm.py`), emptied by `release` in between.
+    Built with a job, or empty and given a job later by `load`: a warm actor serves job
+    after job (`warm.py`), emptied by `release` in between.
     """
 
     def __init__(self, job: WorkerJob | None = None) -> None:
@@ -43,7 +41,7 @@ class ShardWorker:
         if self.computer is not None and self.computer.pool is not None:
             self.computer.pool.shutdown(wait=False)
         self.computer = None
-        self.shm = Attachments()
+        self.detach_shm()
         self._delay: list[float] = []
 
     def info(self, probe: SegmentRef | None = None, listen: str | None = None) -> dict[str, Any]:
@@ -53,39 +51,10 @@ class ShardWorker:
         out = {"pid": os.getpid(), "node_id": ctx.get_node_id() if ctx else "local",
                "ip": ray.util.get_node_ip_address() if ctx else "127.0.0.1"}
         if probe is not None:
-            out["shm"] = self.shm.probe(probe)
-            if out["shm"] and listen is not None:
-                try:
-                    channel.serve(listen, self._serve_call, frozenset({"compute_shm"}))
-                    out["channel"] = True
-                except OSError:
-                    out["channel"] = False
+            out.update(self.shm_info(probe, listen))
         return out
 
-    def _serve_call(self, method: str, call: ShmCall, plan: Plan) -> Any:
-        return getattr(self, method)(call, plan)
-
-    def compute(self, theta: np.ndarray, plan: Plan) -> tuple[list[Partial], float]:
-        """Partial sums for `plan`, and the seconds spent computing them."""
-        t0 = time.perf_counter()
-        self._maybe_delay()
-        parts = self.computer.compute(theta, plan)
-        return parts, time.perf_counter() - t0
-
-    def compute_shm(self, call: ShmCall, plan: Plan) -> tuple[list[Partial], float]:
-        """`compute` on the shared-memory path: the weights are read from `call.theta`, the
-        gradient sums written to slots `call.out_slot`, ... of `call.out` (in the order of
-        the returned nodes), and the returned partials carry no array (grad None)."""
-        t0 = time.perf_counter()
-        self._maybe_delay()
-        theta = self.shm.theta(call)
-        out = self.shm.out_slots(call, plan.n_nodes() if plan.trains else 0)
-        parts = self.computer.compute(theta, plan, out=out if out else None)
-        for p in parts:
-            p.grad = None
-        return parts, time.perf_counter() - t0
-
-    def _maybe_delay(self) -> None:
+    def before_call(self) -> None:
         if self._delay:
             time.sleep(self._delay.pop(0))
 

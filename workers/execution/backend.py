@@ -9,8 +9,8 @@ import numpy as np
 from dptrain.core.backends import Outcome
 from dptrain.core.reduce import Reduction
 from dptrain.core.shard import Plan, WorkerJob
-from dptrain.execution import shm
 from dptrain.execution.pool import WorkerPool
+from dptrain.execution.transports import segments, shm
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,14 @@ class RayBackend:
     def __init__(self, job: WorkerJob, workers: int, cpus: float,
                  timeout_s: float, budget_s: float, cancel: threading.Event | None = None) -> None:
         """`cancel`: once set, any wait of the pool (workers starting, a step's results)
-        raises `dptrain.execution.pool.Cancelled` within a fraction of a second."""
+        raises `dptrain.execution.waiting.Cancelled` within a fraction of a second."""
         import ray
         from dptrain.execution.runtime import ensure_ray
 
         ensure_ray()
         self._ray = ray
         job_ref = ray.put(job)  # once; each worker maps its arrays zero-copy
-        host, mode = None, shm.mode()
+        host, mode = None, segments.mode()
         if mode != "off":
             try:
                 host = shm.ShmHost(ray.get_runtime_context().get_node_id())

@@ -3,8 +3,8 @@
 A Ray actor call costs ~1-2 ms of round trip on a small machine (task submission,
 gRPC, scheduling threads), a large share of a 20 ms step. On the shared-memory path a
 step's call is a few hundred bytes each way, so same-node workers also take it over a
-Unix socket instead: the coordinator sends `(seq, method, call, plan)`, the worker's
-serving thread runs the method and sends `(seq, ok, result)`. Both sides block in the
+Unix socket instead: the coordinator sends `(seq, call, plan)`, the worker's serving
+thread runs its handler (`ShmWorker.compute_shm`) and sends `(seq, ok, result)`. Both sides block in the
 kernel (no busy polling, unlike channels that spin), and a worker that dies, even by
 SIGKILL, closes its end, which the coordinator sees at once as end-of-file.
 
@@ -46,11 +46,10 @@ def recv(sock: socket.socket) -> Any:
 
 
 # --- the worker's side -------------------------------------------------------------------
-def serve(path: str, handler: Callable[[str, Any, Any], Any], methods: frozenset[str],
-          accept_timeout_s: float = 120.0) -> None:
+def serve(path: str, handler: Callable[[Any, Any], Any], accept_timeout_s: float = 120.0) -> None:
     """Listen at `path` and answer calls on one thread (returns once listening).
 
-    `handler(method, call, plan)` runs each call; an exception is sent back as text.
+    `handler(call, plan)` runs each call; an exception is sent back as text.
     """
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
@@ -73,13 +72,11 @@ def serve(path: str, handler: Callable[[str, Any, Any], Any], methods: frozenset
         with conn:
             while True:
                 try:
-                    seq, method, call, plan = recv(conn)
+                    seq, call, plan = recv(conn)
                 except (EOFError, OSError):
                     return  # the coordinator closed the channel (or is gone)
                 try:
-                    if method not in methods:
-                        raise ValueError(f"unknown method {method!r}")
-                    reply = (seq, True, handler(method, call, plan))
+                    reply = (seq, True, handler(call, plan))
                 except Exception as e:  # noqa: BLE001 - reported to the coordinator
                     reply = (seq, False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
                 try:
@@ -116,11 +113,11 @@ class Channel:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def call(self, method: str, call: Any, plan: Any) -> int:
+    def call(self, call: Any, plan: Any) -> int:
         """Send a call; returns its sequence number. A dead peer shows up as `closed`."""
         self._seq += 1
         try:
-            send(self.sock, (self._seq, method, call, plan))
+            send(self.sock, (self._seq, call, plan))
         except OSError:
             self.close()
         return self._seq
