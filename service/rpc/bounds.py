@@ -8,8 +8,9 @@ that walking a request costs a bounded amount of work. Numbers are bounded where
 value would only fail later, at run time (``workers: 1000000000``, a timeout of 5e-324 s).
 
 The wire checks (:func:`check_job_spec`, :func:`check_job_id`, ...) read the protobuf
-messages; the numeric ranges are applied by the specs themselves (``dptrain.core.config``,
-``dptrain.core.optim``, ``dptrain.core.schedules``), so a YAML file run locally meets the same ones.
+messages; the numeric ranges are declared by the specs themselves with these constants
+(``Int(1, bounds.WORKERS)`` in ``dptrain.core.config``, ``dptrain.core.schedules``), so a YAML
+file run locally meets the same ones and the JSON Schema (``dptrain schema``) states them.
 A client string shown in an error is clipped (``clip``: ``dptrain.engine.errors.show``). This module imports nothing
 of the service, so the specs can use it.
 """
