@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-from dptrain.core.backends import Backend, make_backend
+from dptrain.core.backends import Backend, Outcome, make_backend
 from dptrain.core.config import TrainConfig
 from dptrain.core.ledger import EpochLedger, LedgerError
 from dptrain.core.optim import make_optimizer
@@ -140,7 +140,7 @@ class Trainer:
         chunk = self.config.chunk_size
         return [Plan(epoch, start, size, chunk, r, kind) for r in worker_runs(size, chunk, self.backend.size)]
 
-    def _compute(self, plans: list[Plan]) -> tuple[Reduced, list]:
+    def _compute(self, plans: list[Plan]) -> tuple[Reduced, list[Outcome]]:
         """The plans run on the backend, their sums reduced along the fixed tree."""
         reduction = Reduction(plans[0].n_chunks(), self._buffers)
         outcomes = self.backend.run(plans, reduction)
