@@ -152,6 +152,25 @@ def test_stream_weights_on_a_queued_job_ends_when_it_is_cancelled(c):
         _wait_state(c, blocker.id, {"CANCELLED"})
 
 
+def test_a_weights_feed_asked_for_after_the_cancel_is_already_closed(srv, c):
+    """The race the fuzz found: StreamWeights reads the job as QUEUED, the cancel closes and
+    drops its feed, then the stream asks for the feed. It must get a closed one, not a new
+    open feed that waits for weights until the client's deadline."""
+    blocker = c.submit({**SLOW, "workers": 2, "cpus_per_worker": 1.0})
+    queued = c.submit(SMALL)
+    try:
+        _wait_state(c, blocker.id, {"RUNNING"})
+        c.cancel(queued.id)
+        assert state(c.get(queued.id)) == "CANCELLED"
+        feed = srv.manager.weights_feed(queued.id)  # what the stream's handler asks for next
+        assert feed.closed
+        assert feed.next_after(-1, timeout=0.1) is None
+        assert queued.id not in srv.manager.weights  # nothing kept for an ended job
+    finally:
+        c.cancel(blocker.id)
+        _wait_state(c, blocker.id, {"CANCELLED"})
+
+
 # --- resume ------------------------------------------------------------------------------
 def test_resume_a_cancelled_job_ends_bitwise_equal_to_an_uninterrupted_run(c):
     spec = {**JOB, "epochs": 6, "checkpoint_every": 7}

@@ -185,8 +185,18 @@ class JobManager:
         return feed
 
     def weights_feed(self, job_id: str) -> WeightsFeed:
+        """The job's weights feed. For a job that has ended it is closed from the start: a
+        StreamWeights that read the job as QUEUED just before a cancel must not then wait
+        on a new feed for weights that will never come (the cancel closed the old one)."""
         with self.lock:
-            return self.weights.setdefault(job_id, WeightsFeed(self.weights_ring))
+            feed = self.weights.get(job_id)
+            if feed is None:
+                feed = WeightsFeed(self.weights_ring)
+                if self.store.get(job_id).state in TERMINAL:
+                    feed.close()
+                else:
+                    self.weights[job_id] = feed
+            return feed
 
     # --- scheduling -------------------------------------------------------------------
     def _schedule(self) -> None:
