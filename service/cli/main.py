@@ -6,6 +6,7 @@ import logging
 import sys
 
 import grpc
+from dptrain import __version__
 from dptrain.engine import SpecError
 
 from . import cluster, local, remote, schema, serve
@@ -14,6 +15,7 @@ from . import cluster, local, remote, schema, serve
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dptrain", description="Exact data-parallel training as a service.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"dptrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(sub)
     remote.register(sub)

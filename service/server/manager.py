@@ -25,7 +25,7 @@ from typing import Any, Callable
 from dptrain.core.config import TrainConfig
 from dptrain.core.trainer import Trainer
 from dptrain.engine import SpecError
-from dptrain.execution.pool import Cancelled
+from dptrain.execution.waiting import Cancelled
 from dptrain.rpc import convert, pb
 from dptrain.store.base import TERMINAL, IllegalTransition, JobRecord, JobState, JobStore, StoreError
 from dptrain.store.checkpoints import CheckpointStore
