@@ -182,7 +182,7 @@ class Optimizer:
         It is not a signal to skip the batch and go on: ``Trainer.step`` has already
         recorded the batch in the ledger, so a caller that retried or skipped it would
         leave the ledger counting examples no update used. Treat it as the end of the run.
-        ``block_sums``: the norm's block sums of ``grad`` (`service/tail.py`), when the
+        ``block_sums``: the norm's block sums of ``grad`` (`dptrain.core.tail`), when the
         caller computed them along with ``grad``; else they are computed here.
         """
         self._check_args(params, grad, lr)
