@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 from dptrain.core.reduce import Partial, chunk_bounds, cover, run_sums
-from dptrain.engine import Model
+from dptrain.engine import Context, Model
 from threadpoolctl import ThreadpoolController
 
 
@@ -44,6 +44,7 @@ class Plan:
     chunk: int
     run: tuple[int, int]
     kind: PlanKind = PlanKind.TRAIN
+    step: int = 0  # the optimizer step this plan computes (dropout's masks are keyed on it)
 
     @property
     def trains(self) -> bool:
@@ -155,7 +156,7 @@ class ShardComputer:
         lanes = len(self.models)
 
         def lane(t: int) -> list[Partial]:  # lane t owns model t: chunks t, t + lanes, ...
-            return [self._chunk(t, theta, X, y, *jobs[k], k, train, dest.get(jobs[k][0]))
+            return [self._chunk(t, theta, X, y, *jobs[k], k, train, dest.get(jobs[k][0]), plan.step)
                     for k in range(t, len(jobs), lanes)]
 
         with single_thread_blas():
@@ -166,10 +167,14 @@ class ShardComputer:
         return run_sums(leaves, plan.run, n_chunks)
 
     def _chunk(self, lane: int, theta: np.ndarray, X: np.ndarray, y: np.ndarray, i: int,
-               idx: np.ndarray, k: int, train: bool, out: np.ndarray | None = None) -> Partial:
-        """Gather chunk i's rows into a contiguous buffer, then one grad_sum (or evaluate)."""
+               idx: np.ndarray, k: int, train: bool, out: np.ndarray | None = None, step: int = 0) -> Partial:
+        """Gather chunk i's rows into a contiguous buffer, then one grad_sum (or evaluate).
+
+        A training chunk's forward pass knows its step and its examples' dataset rows
+        (`Context`), so dropout draws the same mask for an example whichever worker and
+        chunk computes it."""
         model = self.models[lane]
-        Xc = np.take(X, idx, axis=0, out=model._ws.get("X", (len(idx), X.shape[1]), X.dtype))
+        Xc = np.take(X, idx, axis=0, out=model._ws.get("X", (len(idx), *X.shape[1:]), X.dtype))
         yc = np.take(y, idx, axis=0)
         node = (i, i + 1)
         if not train:
@@ -177,7 +182,7 @@ class ShardComputer:
             return Partial(node, None, e.loss, e.count, e.correct, int(idx.sum()))
         if out is None:
             out = self._grad_buf(k, theta.size, model.dtype)
-        s = model.grad_sum(theta, Xc, yc, out=out)
+        s = model.grad_sum(theta, Xc, yc, out=out, ctx=Context(self.seed, step, idx) if model.contextual else None)
         return Partial(node, s.grad, s.loss, s.count, s.correct, int(idx.sum()))
 
     def _grad_buf(self, k: int, size: int, dtype: np.dtype) -> np.ndarray:

@@ -31,7 +31,7 @@ from dptrain.core.optim import make_optimizer
 from dptrain.core.reduce import Buffers, Reduced, Reduction, worker_runs
 from dptrain.core.shard import Plan, PlanKind, WorkerJob, epoch_permutation
 from dptrain.core.telemetry import StepMetrics, WorkerTiming
-from dptrain.data import Dataset, load_dataset
+from dptrain.data import Dataset, Layout, load_dataset
 from dptrain.engine import Model, SpecError
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,27 @@ class TrainState:
     ledger: dict[str, np.ndarray] = field(default_factory=dict)  # EpochLedger.state_dict(); {} if unknown
 
 
-def check_compatible(model: Model, n_features: int, task: str, n_outputs: int, name: str) -> None:
-    """The model must read the dataset's features and its loss must fit the targets.
+def check_compatible(model: Model, data: Layout, name: str) -> None:
+    """The model must read the dataset's examples and its loss must fit the targets.
 
-    Takes the dataset's shape rather than its arrays, so the server can check a job
+    Takes the dataset's layout rather than its arrays, so the server can check a job
     before accepting it without loading any data.
     """
-    if model.spec.input != n_features:
-        raise SpecError("model.input", f"is {model.spec.input} but dataset {name!r} has {n_features} features")
+    task, n_outputs = data.task, data.n_outputs
+    if model.input_shape != data.x_shape:
+        if len(data.x_shape) == 1 and len(model.input_shape) == 1:
+            raise SpecError("model.input", f"is {model.input_shape[0]} but dataset {name!r} has "
+                                           f"{data.x_shape[0]} features")
+        raise SpecError("model.input", f"is {list(model.input_shape)} but dataset {name!r} has examples of shape "
+                                       f"{list(data.x_shape)}")
+    if (model.spec.input.dtype == "int") != data.x_int:
+        raise SpecError("model.input", f"dataset {name!r} holds " + ("token ids: declare {shape: ..., dtype: int, "
+                                                                     "vocab: ...}" if data.x_int else
+                                                                     "floats, not token ids"))
+    per_position = model.output_shape[:-1]
+    if task == "classification" and per_position != data.y_shape:
+        raise SpecError("model", f"outputs {list(model.output_shape)} per example do not fit labels of shape "
+                                 f"{list(data.y_shape)} per example in {name!r}")
     loss = model.spec.loss
     if loss is None:
         raise SpecError("model.loss", "required for training")
@@ -84,8 +97,7 @@ class Trainer:
         self.config = config
         self.model = config.build_model()
         self.train, self.val = data or load_dataset(config.dataset, dtype=config.dtype)
-        check_compatible(self.model, self.train.n_features, self.train.task, self.train.n_outputs,
-                         self.train.name)
+        check_compatible(self.model, self.train.layout, self.train.name)
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
         self.optimizer = make_optimizer(config.optimizer, self.model.num_params, self.model.dtype)
@@ -137,8 +149,8 @@ class Trainer:
 
     def _plans(self, size: int, epoch: int = 0, start: int = 0, kind: PlanKind = PlanKind.TRAIN) -> list[Plan]:
         """One plan per worker: a contiguous run of the batch's micro-chunks (none empty)."""
-        chunk = self.config.chunk_size
-        return [Plan(epoch, start, size, chunk, r, kind) for r in worker_runs(size, chunk, self.backend.size)]
+        chunk, step = self.config.chunk_size, self.state.step
+        return [Plan(epoch, start, size, chunk, r, kind, step) for r in worker_runs(size, chunk, self.backend.size)]
 
     def _compute(self, plans: list[Plan]) -> tuple[Reduced, list[Outcome]]:
         """The plans run on the backend, their sums reduced along the fixed tree."""

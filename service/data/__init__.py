@@ -14,7 +14,7 @@ npz, csv (user files). ``SOURCES`` holds each one's parameters (``PARAM_SCHEMAS`
 models: types, defaults, bounds), loader and shape; docs/spec.md lists them.
 """
 
-from .dataset import CLASSIFICATION, REGRESSION, Dataset, train_val_split
+from .dataset import CLASSIFICATION, REGRESSION, Dataset, Layout, train_val_split
 from .files import from_arrays
 from .limits import MAX_FILE_BYTES, MAX_VALUES, DataLimits
 from .loader import LOADERS, MAX_EXAMPLES, MAX_FEATURES, SOURCES, Source, check_limits, load_dataset
@@ -24,6 +24,7 @@ __all__ = [
     "CLASSIFICATION",
     "REGRESSION",
     "Dataset",
+    "Layout",
     "DatasetSpec",
     "SpecError",
     "load_dataset",

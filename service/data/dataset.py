@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Dataset", "CLASSIFICATION", "REGRESSION", "train_val_split", "as_float_dtype"]
+__all__ = ["Dataset", "Layout", "CLASSIFICATION", "REGRESSION", "train_val_split", "as_float_dtype"]
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -26,14 +26,35 @@ def as_float_dtype(dtype: object) -> np.dtype:
     return dt
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What a model must agree with in a dataset, known without its arrays (a synthetic
+    source's from its parameters, an upload's from its record)."""
+
+    n: int
+    x_shape: tuple[int, ...]  # one example: (features,), (channels, height, width), (tokens,)
+    task: str
+    n_outputs: int  # classes, or the regression target's width
+    x_int: bool = False  # X holds integer token ids
+    y_shape: tuple[int, ...] = ()  # one example's labels: () one label, (tokens,) one per position
+
+    @property
+    def n_features(self) -> int:
+        n = 1
+        for s in self.x_shape:
+            n *= s
+        return n
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Features and targets in the layout the numpy engine expects.
 
-    ``X`` is 2-D and C-contiguous (row slices are cheap, matmuls hit BLAS fast
-    paths). Classification targets are int64 labels in ``[0, n_classes)``;
-    regression targets are a float ``(n, k)`` matrix with ``X``'s dtype. The
-    invariants are checked here so shards built elsewhere cannot drift.
+    ``X`` is ``(n, *example shape)`` and C-contiguous (row slices are cheap, matmuls hit
+    BLAS fast paths): floats, or int64 token ids. Classification targets are int64 labels
+    in ``[0, n_classes)``, one per example or one per position (``(n, tokens)``);
+    regression targets are a float ``(n, k)`` matrix with ``X``'s dtype. The invariants
+    are checked here so shards built elsewhere cannot drift.
     """
 
     X: np.ndarray
@@ -44,13 +65,14 @@ class Dataset:
 
     def __post_init__(self) -> None:
         X, y = self.X, self.y
-        if X.ndim != 2 or not X.flags.c_contiguous or X.dtype not in (np.float32, np.float64):
-            raise ValueError(f"X must be a 2-D C-contiguous float32/float64 array, got {X.dtype} {X.shape}")
+        if X.ndim < 2 or not X.flags.c_contiguous or X.dtype not in (np.float32, np.float64, np.int64):
+            raise ValueError(f"X must be a C-contiguous float32/float64 (or int64 token id) array of 2 or more "
+                             f"axes, got {X.dtype} {X.shape}")
         if len(y) != len(X):
             raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
         if self.task == CLASSIFICATION:
-            if y.ndim != 1 or y.dtype != np.int64 or not isinstance(self.n_classes, int) or self.n_classes < 1:
-                raise ValueError("classification needs 1-D int64 labels and a positive n_classes")
+            if y.ndim < 1 or y.dtype != np.int64 or not isinstance(self.n_classes, int) or self.n_classes < 1:
+                raise ValueError("classification needs int64 labels and a positive n_classes")
         elif self.task == REGRESSION:
             if y.ndim != 2 or y.dtype.kind != "f" or self.n_classes is not None:
                 raise ValueError("regression needs 2-D float targets and n_classes=None")
@@ -63,7 +85,13 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
-        return int(self.X.shape[1])
+        """Values per example (its features, or its shape's product)."""
+        return int(self.X[0].size) if self.n else int(np.prod(self.X.shape[1:]))
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.n, tuple(self.X.shape[1:]), self.task, self.n_outputs,
+                      self.X.dtype == np.int64, tuple(self.y.shape[1:]) if self.task == CLASSIFICATION else ())
 
     @property
     def n_outputs(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import files, synthetic
-from .dataset import CLASSIFICATION, REGRESSION, Dataset, as_float_dtype, train_val_split
+from .dataset import CLASSIFICATION, REGRESSION, Dataset, Layout, as_float_dtype, train_val_split
 from .limits import MAX_EXAMPLES, MAX_FEATURES, MAX_FILE_BYTES, MAX_VALUES, DataLimits
 from .spec import PARAM_SCHEMAS, DatasetSpec, Params, SpecError
 
@@ -20,29 +20,28 @@ __all__ = ["MAX_EXAMPLES", "MAX_FEATURES", "MAX_VALUES", "MAX_FILE_BYTES", "LOAD
            "check_limits", "load_dataset"]
 
 Loader = Callable[[Mapping[str, Any], np.dtype, Path | None, DataLimits], Dataset]
-Shape = tuple[int, int, str, int]
-"""(examples, features, task, classes or target width)."""
 
 
 @dataclass(frozen=True)
 class Source:
-    """One data source: its parameters, how to build it, and its shape from the parameters
-    alone (None for files: their shape is known once read, e.g. at upload)."""
+    """One data source: its parameters, how to build it, and its layout from the parameters
+    alone (None for files: their layout is known once read, e.g. at upload)."""
 
     params: type[Params]
     load: Loader
-    shape: Callable[[Mapping[str, Any]], Shape] | None = None
+    layout: Callable[[Mapping[str, Any]], Layout] | None = None
 
 
 SOURCES: dict[str, Source] = {
-    "digits": Source(PARAM_SCHEMAS["digits"], synthetic.digits, lambda p: (1797, 64, CLASSIFICATION, 10)),
+    "digits": Source(PARAM_SCHEMAS["digits"], synthetic.digits, lambda p: Layout(1797, (64,), CLASSIFICATION, 10)),
     "teacher": Source(PARAM_SCHEMAS["teacher"], synthetic.teacher,
-                      lambda p: (p["n"], p["d"], CLASSIFICATION, p["classes"])),
+                      lambda p: Layout(p["n"], (p["d"],), CLASSIFICATION, p["classes"])),
     "spirals": Source(PARAM_SCHEMAS["spirals"], synthetic.spirals,
-                      lambda p: (p["n"], 2, CLASSIFICATION, p["classes"])),
-    "blobs": Source(PARAM_SCHEMAS["blobs"], synthetic.blobs, lambda p: (p["n"], p["d"], CLASSIFICATION, p["classes"])),
+                      lambda p: Layout(p["n"], (2,), CLASSIFICATION, p["classes"])),
+    "blobs": Source(PARAM_SCHEMAS["blobs"], synthetic.blobs,
+                    lambda p: Layout(p["n"], (p["d"],), CLASSIFICATION, p["classes"])),
     "regression": Source(PARAM_SCHEMAS["regression"], synthetic.regression,
-                         lambda p: (p["n"], p["d"], REGRESSION, p["outputs"])),
+                         lambda p: Layout(p["n"], (p["d"],), REGRESSION, p["outputs"])),
     "npz": Source(PARAM_SCHEMAS["npz"], files.npz),
     "csv": Source(PARAM_SCHEMAS["csv"], files.csv_file),
 }

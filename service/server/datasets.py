@@ -28,7 +28,16 @@ from typing import Any, BinaryIO, Iterator
 
 from dptrain.core.config import TrainConfig
 from dptrain.core.trainer import check_compatible
-from dptrain.data import MAX_FILE_BYTES, PARAM_SCHEMAS, SOURCES, Dataset, DatasetSpec, check_limits, load_dataset
+from dptrain.data import (
+    MAX_FILE_BYTES,
+    PARAM_SCHEMAS,
+    SOURCES,
+    Dataset,
+    DatasetSpec,
+    Layout,
+    check_limits,
+    load_dataset,
+)
 from dptrain.data import SpecError as DataSpecError
 from dptrain.engine import SpecError
 from dptrain.engine.errors import show as clip
@@ -93,21 +102,24 @@ class DatasetRegistry:
         if model.num_params > self.limits.max_params:
             raise TooLarge(f"model: {model.num_params} parameters exceed the server's limit of "
                            f"{self.limits.max_params}")
-        n, n_features, task, n_outputs = self.describe(config)
-        if n > self.limits.max_examples:
-            raise TooLarge(f"dataset.params.n: {n} examples exceed the server's limit of {self.limits.max_examples}")
+        layout = self.describe(config)
+        if layout.n > self.limits.max_examples:
+            raise TooLarge(f"dataset.params.n: {layout.n} examples exceed the server's limit of "
+                           f"{self.limits.max_examples}")
         check_limits(config.dataset, max_examples=self.limits.max_examples)  # d, n x d, ...: SpecError
-        check_compatible(model, n_features, task, n_outputs, config.dataset.name)
+        check_compatible(model, layout, config.dataset.name)
 
-    def describe(self, config: TrainConfig) -> tuple[int, int, str, int]:
-        """(examples, features, task, classes or target width) of a dataset spec: a synthetic
-        source's from its params (the source registry), a file's as recorded at upload."""
+    def describe(self, config: TrainConfig) -> Layout:
+        """A dataset spec's layout: a synthetic source's from its params (the source
+        registry), a file's as recorded at upload (older records: a vector of features)."""
         name, p = config.dataset.name, config.dataset.params
-        shape = SOURCES[name].shape
-        if shape is not None:
-            return shape(p)
+        layout = SOURCES[name].layout
+        if layout is not None:
+            return layout(p)
         info = self._info_by_path(p["path"])
-        return info["n"], info["n_features"], info["task"], info["n_classes"] or info.get("n_outputs", 1)
+        return Layout(info["n"], tuple(info.get("x_shape") or (info["n_features"],)), info["task"],
+                      info["n_classes"] or info.get("n_outputs", 1), bool(info.get("x_int")),
+                      tuple(info.get("y_shape") or ()))
 
     def _info_by_path(self, path: str) -> dict[str, Any]:
         return self.store.get_dataset(Path(path).stem)
@@ -132,6 +144,9 @@ class DatasetRegistry:
             info = {"id": dataset_id, "sha256": sha, "format": fmt, "n": train.n, "n_features": train.n_features,
                     "task": train.task, "n_classes": train.n_classes or 0, "n_outputs": train.n_outputs,
                     "size_bytes": size, "filename": filename, "options": options, "created": time.time()}
+            layout = train.layout
+            if len(layout.x_shape) > 1 or layout.x_int or layout.y_shape:  # images, sequences
+                info.update(x_shape=list(layout.x_shape), x_int=layout.x_int, y_shape=list(layout.y_shape))
             os.replace(tmp, self.path_of(info))
             fsync_dir(self.root)
         finally:

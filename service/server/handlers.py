@@ -155,12 +155,11 @@ def predict(m: JobManager, req: pb.PredictRequest, max_rows: int) -> pb.PredictR
     job_id = bounds.check_job_id(req.job_id)
     m.record(job_id)  # an unknown job is NOT_FOUND before any complaint about inputs
     bounds.check_tensor(req.inputs, "inputs")
-    if len(req.inputs.shape) == 2 and req.inputs.shape[0] > max_rows:
+    if len(req.inputs.shape) >= 2 and req.inputs.shape[0] > max_rows:
         raise TooLarge(f"inputs: {req.inputs.shape[0]} rows exceed the limit of {max_rows}")
     X = convert.from_tensor(req.inputs, "inputs")
     version, step, theta, model = _weights(m, job_id, None)
-    if X.ndim != 2 or X.shape[1] != model.spec.input:
-        raise SpecError("inputs", f"must have shape (n, {model.spec.input}), got {X.shape}")
+    X = model.check_input(X, "inputs")
     return pb.PredictResponse(outputs=convert.to_tensor("outputs", model.predict(theta, X)),
                               version=version, step=step)
 

@@ -14,6 +14,7 @@ numpy and nothing else of dptrain. The mathematics is in docs/backprop.md.
 from .errors import SpecError
 from .gradcheck import gradcheck
 from .model import EvalSum, GradSum, Model
+from .op import Context
 from .spec import Limits, ModelSpec, NodeSpec
 
-__all__ = ["EvalSum", "GradSum", "Limits", "Model", "ModelSpec", "NodeSpec", "SpecError", "gradcheck"]
+__all__ = ["Context", "EvalSum", "GradSum", "Limits", "Model", "ModelSpec", "NodeSpec", "SpecError", "gradcheck"]

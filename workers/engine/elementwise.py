@@ -1,7 +1,8 @@
 """Merge and elementwise math ops, for general DAGs (see docs/backprop.md, 'Branch and merge nodes').
 
-Binary ops take two inputs of equal width. A value that feeds several nodes (a branch)
-receives the sum of their g_in's: the executor (Model.backward) adds them.
+Binary ops take inputs of equal shape; concat and slice work on the last axis. A value that
+feeds several nodes (a branch) receives the sum of their g_in's: the executor
+(Model.backward) adds them.
 """
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from typing import Sequence
 import numpy as np
 
 from .activations import Pointwise
-from .op import Op, has_nan
+from .op import Op, Shape, has_nan
 
 
-def _same_width(in_dims: Sequence[int]) -> int:
-    if len(set(in_dims)) != 1:
-        raise ValueError(f"inputs must have the same width, got {list(in_dims)}")
-    return in_dims[0]
+def _same_shape(in_shapes: Sequence[Shape]) -> Shape:
+    if len(set(in_shapes)) != 1:
+        if all(len(s) == 1 for s in in_shapes):
+            raise ValueError(f"inputs must have the same width, got {[s[0] for s in in_shapes]}")
+        raise ValueError(f"inputs must have the same shape, got {[list(s) for s in in_shapes]}")
+    return in_shapes[0]
 
 
 class Add(Op):
@@ -24,8 +27,8 @@ class Add(Op):
 
     arity = None
 
-    def out_dim(self, in_dims):
-        return _same_width(in_dims)
+    def out_shape(self, in_shapes):
+        return _same_shape(in_shapes)
 
     def forward(self, xs, p):
         out = self.buf("out", xs[0].shape)
@@ -43,8 +46,8 @@ class Sub(Op):
 
     arity = 2
 
-    def out_dim(self, in_dims):
-        return _same_width(in_dims)
+    def out_shape(self, in_shapes):
+        return _same_shape(in_shapes)
 
     def forward(self, xs, p):
         return np.subtract(xs[0], xs[1], out=self.buf("out", xs[0].shape))
@@ -59,8 +62,8 @@ class Mul(Op):
 
     arity = 2
 
-    def out_dim(self, in_dims):
-        return _same_width(in_dims)
+    def out_shape(self, in_shapes):
+        return _same_shape(in_shapes)
 
     def forward(self, xs, p):
         self.a, self.b = xs
@@ -77,8 +80,8 @@ class Div(Op):
 
     arity = 2
 
-    def out_dim(self, in_dims):
-        return _same_width(in_dims)
+    def out_shape(self, in_shapes):
+        return _same_shape(in_shapes)
 
     def forward(self, xs, p):
         self.a, self.b = xs
@@ -164,44 +167,46 @@ class Pow(Pointwise):
 
 
 class Concat(Op):
-    """Stack inputs along the feature axis;  g_in_i is the matching column block of g_out."""
+    """Stack inputs along the last (feature) axis;  g_in_i is the matching block of g_out."""
 
     arity = None
 
-    def out_dim(self, in_dims):
-        return sum(in_dims)
+    def out_shape(self, in_shapes):
+        if len({s[:-1] for s in in_shapes}) != 1:
+            raise ValueError(f"inputs must agree on all but the last axis, got {[list(s) for s in in_shapes]}")
+        return (*in_shapes[0][:-1], sum(s[-1] for s in in_shapes))
 
     def forward(self, xs, p):
-        self.widths = [x.shape[1] for x in xs]
-        return np.concatenate(xs, axis=1, out=self.buf("out", (xs[0].shape[0], sum(self.widths))))
+        self.widths = [x.shape[-1] for x in xs]
+        return np.concatenate(xs, axis=-1, out=self.buf("out", (*xs[0].shape[:-1], sum(self.widths))))
 
     def backward(self, g_out, need, into=None):
         g_ins, start = [], 0
         for w, n in zip(self.widths, need):
-            g_ins.append(g_out[:, start:start + w] if n else None)
+            g_ins.append(g_out[..., start:start + w] if n else None)
             start += w
         return g_ins, {}
 
 
 class Slice(Op):
-    """Columns start:stop of the input;  g_in is g_out placed back in those columns, 0 elsewhere."""
+    """Features start:stop (last axis) of the input;  g_in is g_out placed back there, 0 elsewhere."""
 
     required_attrs = ("start", "stop")
 
-    def out_dim(self, in_dims):
-        start, stop = int(self.attrs["start"]), int(self.attrs["stop"])
-        if not 0 <= start < stop <= in_dims[0]:
-            raise ValueError(f"start:stop must satisfy 0 <= start < stop <= {in_dims[0]}, got {start}:{stop}")
-        return stop - start
+    def out_shape(self, in_shapes):
+        start, stop, width = int(self.attrs["start"]), int(self.attrs["stop"]), in_shapes[0][-1]
+        if not 0 <= start < stop <= width:
+            raise ValueError(f"start:stop must satisfy 0 <= start < stop <= {width}, got {start}:{stop}")
+        return (*in_shapes[0][:-1], stop - start)
 
     def forward(self, xs, p):
-        self.width = xs[0].shape[1]
-        return xs[0][:, int(self.attrs["start"]):int(self.attrs["stop"])]
+        self.shape = xs[0].shape
+        return xs[0][..., int(self.attrs["start"]):int(self.attrs["stop"])]
 
     def backward(self, g_out, need, into=None):
         if not need[0]:
             return [None], {}
-        g_in = self.buf("g_in", (g_out.shape[0], self.width))
+        g_in = self.buf("g_in", self.shape)
         g_in.fill(0)
-        g_in[:, int(self.attrs["start"]):int(self.attrs["stop"])] = g_out
+        g_in[..., int(self.attrs["start"]):int(self.attrs["stop"])] = g_out
         return [g_in], {}

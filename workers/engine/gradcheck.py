@@ -101,15 +101,19 @@ def rel_error(a: np.ndarray, b: np.ndarray, floor: float = 1e-8) -> np.ndarray:
 
 
 def random_batch(model: Model, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs away from 0 (log, div and pow stay defined) and targets the loss accepts."""
-    X = rng.uniform(0.5, 1.5, size=(n, model.spec.input)) * rng.choice([-1.0, 1.0], size=(n, model.spec.input))
-    width = model.output_dim
-    if model.spec.loss == "softmax_cross_entropy":
-        y = rng.integers(0, width, size=n)
-    elif model.spec.loss == "binary_cross_entropy":
-        y = rng.integers(0, 2, size=(n, width)).astype(np.float64)
+    """Inputs away from 0 (log, div and pow stay defined), or token ids, and targets the loss accepts."""
+    shape = (n, *model.input_shape)
+    if model.spec.input.dtype == "int":
+        X = rng.integers(0, model.spec.input.vocab, size=shape)
     else:
-        y = rng.standard_normal((n, width))
+        X = rng.uniform(0.5, 1.5, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+    out = (n, *model.output_shape)
+    if model.spec.loss == "softmax_cross_entropy":
+        y = rng.integers(0, out[-1], size=out[:-1])
+    elif model.spec.loss == "binary_cross_entropy":
+        y = rng.integers(0, 2, size=out).astype(np.float64)
+    else:
+        y = rng.standard_normal(out)
     return X, y
 
 
@@ -125,13 +129,14 @@ def gradcheck(spec: ModelSpec | Mapping[str, Any], seed: int = 0, n: int = 4, h:
     rng = np.random.default_rng(seed)
     if X is None or y is None:
         X, y = random_batch(model, n, rng)
-    X = np.asarray(X, dtype=np.float64)
+    ints = model.spec.input.dtype == "int"
+    X = model.check_input(X) if ints else np.asarray(X, dtype=np.float64)
     theta = model.init_params(seed) if theta is None else np.array(theta, dtype=np.float64)
     with np.errstate(all="ignore"):  # NaN and inf are findings here, reported below
         grad = model.grad_sum(theta, X, y).grad.copy()
         z = model.forward(theta, X)
         g_out = model.loss_fn.loss_and_grad(z, y)[1].copy()
-        g_x, _ = model.backward(g_out, input_grad=True)
+        g_x, _ = model.backward(g_out, input_grad=not ints)
 
         def loss_at(t: np.ndarray, x: np.ndarray) -> float:
             return model.evaluate(t, x, y).loss
@@ -146,11 +151,12 @@ def gradcheck(spec: ModelSpec | Mapping[str, Any], seed: int = 0, n: int = 4, h:
             probes = [probe(f"{p.name}{_index(j, p.shape)}", lambda t: loss_at(t, X), theta, p.offset + j,
                             float(grad[p.offset + j])) for j in idx]
             tensors.append((p.name, probes))
-        flat_x = X.ravel()
-        idx = rng.choice(flat_x.size, size=min(flat_x.size, max_per_tensor), replace=False)
-        probes = [probe(f"input{_index(j, X.shape)}", lambda v: loss_at(theta, v.reshape(X.shape)), flat_x, j,
-                        float(g_x.ravel()[j])) for j in idx]
-        tensors.append(("input", probes))
+        if not ints:  # token ids have no gradient; float inputs do (backprop to the data)
+            flat_x = X.ravel()
+            idx = rng.choice(flat_x.size, size=min(flat_x.size, max_per_tensor), replace=False)
+            probes = [probe(f"input{_index(j, X.shape)}", lambda v: loss_at(theta, v.reshape(X.shape)), flat_x, j,
+                            float(g_x.ravel()[j])) for j in idx]
+            tensors.append(("input", probes))
     return _report(tensors, tol, loss0)
 
 

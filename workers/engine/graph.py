@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import SpecError, show
 from .losses import LOSSES
-from .op import Op
+from .op import Op, Shape, size
 from .registry import OPS, RELU_LIKE
 from .spec import INPUT, Limits, ModelSpec, NodeSpec
 
@@ -37,7 +37,7 @@ class ParamInfo:
 class Graph:
     order: list[NodeSpec]  # topological order
     ops: dict[str, Op]
-    dims: dict[str, int]  # output width of each node (and of the input "x")
+    shapes: dict[str, Shape]  # per-example output shape of each node (and of the input "x")
     params: list[ParamInfo]
     uses: dict[str, dict[str, str]]  # node -> {op param name -> flat param name}
     output: str
@@ -78,33 +78,41 @@ def topological_order(spec: ModelSpec) -> list[NodeSpec]:
 
 
 def build_graph(spec: ModelSpec, limits: Limits = Limits()) -> Graph:
+    """Infer every node's per-example shape in topological order, then lay out parameters."""
     order = topological_order(spec)
     _check_reaches_output(spec)
-    dims: dict[str, int] = {INPUT: spec.input}
+    shapes: dict[str, Shape] = {INPUT: spec.input.shape}
     ops: dict[str, Op] = {}
     for node in order:
         op = OPS[node.op](**node.attrs)
+        where = _where(spec, node)
+        ints = [i == INPUT and spec.input.dtype == "int" for i in node.inputs]
+        if any(ints) != op.int_input:
+            raise SpecError(f"{where}.inputs", f"op {node.op!r} reads integer token ids (the input 'x' of an int "
+                                               "model)" if op.int_input else
+                                               f"op {node.op!r} reads floats, but 'x' holds integer token ids: "
+                                               "embed them first")
         try:
-            dims[node.name] = op.out_dim([dims[i] for i in node.inputs])
+            shapes[node.name] = op.out_shape([shapes[i] for i in node.inputs])
         except ValueError as e:
-            raise SpecError(f"{_where(spec, node)}.inputs", str(e)) from None
-        if dims[node.name] > limits.max_width:
-            raise SpecError(_where(spec, node), f"width {dims[node.name]} exceeds the limit of {limits.max_width}")
+            raise SpecError(f"{where}.inputs", str(e)) from None
+        if shapes[node.name][-1] > limits.max_width:
+            raise SpecError(where, f"width {shapes[node.name][-1]} exceeds the limit of {limits.max_width}")
         ops[node.name] = op
     if spec.loss:
         try:
-            LOSSES[spec.loss]().check_output(dims[spec.output])
+            LOSSES[spec.loss]().check_output(shapes[spec.output])
         except ValueError as e:
             raise SpecError("model.loss", f"{e} (output node {spec.output!r})") from None
-    activations = sum(dims[n.name] for n in order)
+    activations = sum(size(shapes[n.name]) for n in order)
     if activations > limits.max_activations:
         raise SpecError("model", f"the nodes' outputs total {activations} values per example, over the limit "
                                  f"of {limits.max_activations}")
-    params, uses = _layout(spec, order, ops, dims)
+    params, uses = _layout(spec, order, ops, shapes)
     total = sum(p.size for p in params)
     if total > limits.max_params:
         raise SpecError("model", f"{total} parameters exceed the limit of {limits.max_params}")
-    return Graph(order=order, ops=ops, dims=dims, params=params, uses=uses,
+    return Graph(order=order, ops=ops, shapes=shapes, params=params, uses=uses,
                  output=spec.output, num_params=total)
 
 
@@ -123,7 +131,7 @@ def _check_reaches_output(spec: ModelSpec) -> None:
             raise SpecError(_where(spec, n), f"does not contribute to the output {spec.output!r}")
 
 
-def _layout(spec, order, ops, dims) -> tuple[list[ParamInfo], dict[str, dict[str, str]]]:
+def _layout(spec, order, ops, shapes) -> tuple[list[ParamInfo], dict[str, dict[str, str]]]:
     """Assign each parameter tensor a slice of the flat buffer, in spec order.
 
     A node with ``share: other`` owns no tensors: it maps its parameter names onto the
@@ -135,7 +143,7 @@ def _layout(spec, order, ops, dims) -> tuple[list[ParamInfo], dict[str, dict[str
         for inp in n.inputs:
             if inp != INPUT:
                 consumers[inp].append(n.name)
-    shapes = {n.name: ops[n.name].param_shapes([dims[i] for i in n.inputs]) for n in spec.nodes}
+    shapes = {n.name: ops[n.name].param_shapes([shapes[i] for i in n.inputs]) for n in spec.nodes}
     params, uses, offset = [], {}, 0
     for node in spec.nodes:
         if node.share is not None:

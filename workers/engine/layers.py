@@ -5,14 +5,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .op import Op, has_nan
+from .op import Op, Shape, has_nan
 
 
 class Linear(Op):
-    """out = x W + b, with W of shape (fan_in, units).
+    """out = x W + b over the last axis, with W of shape (fan_in, units).
 
     Backward (see docs/backprop.md, 'Per-layer rules'): g_W = x^T g_out, g_b = 1^T g_out (a
-    sum over the batch, so shard gradients add), g_in = g_out W^T.
+    sum over the batch, so shard gradients add), g_in = g_out W^T. An input with more axes
+    (a sequence's tokens) is the same product on its rows flattened, each row one more
+    term of the sums.
     """
 
     required_attrs = ("units",)
@@ -22,11 +24,11 @@ class Linear(Op):
     def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("W", "b") if self.attrs["bias"] else ("W",)
 
-    def out_dim(self, in_dims: Sequence[int]) -> int:
-        return int(self.attrs["units"])
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        return (*in_shapes[0][:-1], int(self.attrs["units"]))
 
-    def param_shapes(self, in_dims: Sequence[int]) -> dict[str, tuple[int, ...]]:
-        shapes = {"W": (in_dims[0], int(self.attrs["units"]))}
+    def param_shapes(self, in_shapes: Sequence[Shape]) -> dict[str, Shape]:
+        shapes = {"W": (in_shapes[0][-1], int(self.attrs["units"]))}
         if self.attrs["bias"]:
             shapes["b"] = (int(self.attrs["units"]),)
         return shapes
@@ -42,16 +44,18 @@ class Linear(Op):
 
     def forward(self, xs, p):
         x = xs[0]
-        self.x = x
+        self.shape = x.shape
+        self.x = x.reshape(-1, x.shape[-1])  # a view: activations are C-contiguous
         self.W = p["W"]
-        out = self.buf("out", (x.shape[0], self.W.shape[1]))
-        np.matmul(x, self.W, out=out)
+        out = self.buf("out", (self.x.shape[0], self.W.shape[1]))
+        np.matmul(self.x, self.W, out=out)
         if "b" in p:
             out += p["b"]
-        return out
+        return out.reshape(*x.shape[:-1], self.W.shape[1])
 
     def backward(self, g_out, need, into=None):
         x, W = self.x, self.W
+        g_out = g_out.reshape(-1, W.shape[1])
         grads = {"W": self.grad_dest(into, "W", W.shape)}
         np.matmul(x.T, g_out, out=grads["W"])
         if self.attrs["bias"]:
@@ -61,11 +65,12 @@ class Linear(Op):
         if need[0]:
             g_in = self.buf("g_in", x.shape)
             np.matmul(g_out, W.T, out=g_in)
+            g_in = g_in.reshape(self.shape)
         return [g_in], grads
 
 
 class PReLU(Op):
-    """out = x if x > 0 else a * x, with a learned slope a per feature (He et al. 2015).
+    """out = x if x > 0 else a * x, with a learned slope a per feature (last axis; He et al. 2015).
 
     g_in = g_out * (1 if x > 0 else a): the slope at x = 0 is a, as for leaky_relu and in
     PyTorch. g_a = sum over the batch of g_out * min(x, 0), where x > 0 contributes 0 even
@@ -75,8 +80,8 @@ class PReLU(Op):
     param_names = ("alpha",)
     attr_defaults = {"init": 0.25}
 
-    def param_shapes(self, in_dims):
-        return {"alpha": (in_dims[0],)}
+    def param_shapes(self, in_shapes):
+        return {"alpha": (in_shapes[0][-1],)}
 
     def init_params(self, shapes, rng, scheme):
         return {"alpha": np.full(shapes["alpha"], float(self.attrs["init"]))}
@@ -98,10 +103,11 @@ class PReLU(Op):
         np.minimum(self.x, 0, out=x_neg)
         x_neg *= g_out
         g_alpha = self.grad_dest(into, "alpha", self.alpha.shape)
-        np.sum(x_neg, axis=0, out=g_alpha)
+        rows = x_neg.reshape(-1, x_neg.shape[-1])
+        np.sum(rows, axis=0, out=g_alpha)
         if has_nan(g_alpha):  # 0 * inf where x > 0: those rows contribute 0
             np.copyto(x_neg, 0, where=pos)
-            np.sum(x_neg, axis=0, out=g_alpha)
+            np.sum(rows, axis=0, out=g_alpha)
         g_in = None
         if need[0]:
             g_in = self.buf("g_in", self.x.shape)

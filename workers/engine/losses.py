@@ -6,26 +6,43 @@ example count after summing the shards.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, unknown_field
 from .special import expit
 from .workspace import Workspace
 
 
 class Loss:
-    """loss_and_grad(out, y) -> (sum of sub-losses, g_out, number of correct predictions)."""
+    """loss_and_grad(out, y) -> (sum of sub-losses, g_out, number of correct predictions).
+
+    `count(out)` is how many sub-losses a batch holds: one per example, or one per token
+    for a sequence's cross-entropy. The coordinator divides the summed gradient once, by
+    the global count.
+    """
 
     name: ClassVar[str]
     task: ClassVar[str]  # "classification" or "regression"
+    options: ClassVar[dict[str, Any]] = {}  # option -> default
 
-    def __init__(self) -> None:
+    def __init__(self, **options: Any) -> None:
         self.ws = Workspace()
+        self.opts = {**self.options, **options}
 
-    def check_output(self, width: int) -> None:
-        """Raise ValueError if the model's output width cannot feed this loss."""
+    @classmethod
+    def option_problem(cls, key: str, value: Any) -> str | None:
+        """What is wrong with an option of this loss, or None."""
+        if key not in cls.options:
+            return unknown_field(key, set(cls.options)) if cls.options else f"loss {cls.name!r} takes no options"
+        return None
+
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        """Raise ValueError if the model's per-example output shape cannot feed this loss."""
+
+    def count(self, out: np.ndarray) -> int:
+        return int(out.shape[0])
 
     def loss_and_grad(self, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, int]:
         raise NotImplementedError
@@ -38,28 +55,57 @@ class Loss:
 class SoftmaxCrossEntropy(Loss):
     """l_i = logsumexp(z_i) - z_i[y_i], integer labels;  g_out = softmax(z) - onehot(y).
 
-    Stable: the row maximum is subtracted before exponentiating.
+    Stable: the row maximum is subtracted before exponentiating. An output with more axes
+    than (batch, classes), e.g. (batch, tokens, classes) with labels (batch, tokens), has
+    one sub-loss per position, and `count` says so. With `label_smoothing` e, the target is
+    (1 - e) onehot(y) + e/C: l_i = logsumexp(z_i) - (1 - e) z_i[y_i] - (e/C) sum_c z_ic,
+    g_out = softmax(z) - (1 - e) onehot(y) - e/C (as PyTorch's `label_smoothing`).
     """
 
     name = "softmax_cross_entropy"
     task = "classification"
+    options = {"label_smoothing": 0.0}
 
-    def check_output(self, width):
-        if width < 2:
-            raise ValueError(f"needs an output of width >= 2 (one logit per class), got {width}")
+    @classmethod
+    def option_problem(cls, key, value):
+        problem = super().option_problem(key, value)
+        if problem is None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                or not 0 <= value < 1):
+            return f"must be a number in [0, 1), got {value!r}"
+        return problem
+
+    def check_output(self, shape):
+        if shape[-1] < 2:
+            raise ValueError(f"needs an output of width >= 2 (one logit per class), got {shape[-1]}")
+
+    def count(self, out):
+        return int(out.size // out.shape[-1])
 
     def loss_and_grad(self, out, y):
+        if out.ndim > 2:  # one sub-loss per position: flatten positions into rows
+            if np.shape(y) != out.shape[:-1]:
+                raise SpecError("y", f"needs one label per position, shape {out.shape[:-1]}, got {np.shape(y)}")
+            loss, g, correct = self.loss_and_grad(out.reshape(-1, out.shape[-1]), np.asarray(y).reshape(-1))
+            return loss, g.reshape(out.shape), correct
         check_labels(y, out.shape)
         rows = np.arange(out.shape[0])
         g = self.ws.get("g", out.shape, out.dtype)
         np.subtract(out, out.max(axis=1, keepdims=True), out=g)  # shifted logits s
         picked = g[rows, y].astype(np.float64)
+        e = float(self.opts["label_smoothing"])
+        shifted_sum = float(np.sum(g, dtype=np.float64)) if e else 0.0
         np.exp(g, out=g)
         total = g.sum(axis=1, keepdims=True)
         loss = float(np.sum(np.log(total, dtype=np.float64)) - np.sum(picked))
         g /= total  # softmax
         correct = int(np.count_nonzero(g.argmax(axis=1) == y))
-        g[rows, y] -= 1
+        if e:  # in shifted logits s: l = log sum exp(s) - (1 - e) s_y - (e/C) sum_c s_c
+            classes = out.shape[1]
+            loss += e * float(np.sum(picked)) - e / classes * shifted_sum
+            g[rows, y] -= 1 - e
+            g -= e / classes
+        else:
+            g[rows, y] -= 1
         return loss, g, correct
 
 

@@ -15,8 +15,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .errors import SpecError
 from .graph import ParamInfo, build_graph
 from .losses import LOSSES, Loss
+from .op import Context
 from .spec import INPUT, Limits, ModelSpec
 from .workspace import Workspace
 
@@ -54,10 +56,14 @@ class Model:
         self.graph = build_graph(self.spec, limits)
         for op in self.graph.ops.values():
             op.dtype = self.dtype
-        self.loss_fn: Loss | None = LOSSES[self.spec.loss]() if self.spec.loss else None
+        self.loss_fn: Loss | None = LOSSES[self.spec.loss](**self.spec.loss_options) if self.spec.loss else None
         self.params: list[ParamInfo] = self.graph.params
         self.num_params = self.graph.num_params
-        self.output_dim = self.graph.dims[self.graph.output]
+        self.input_shape = self.spec.input.shape
+        self.output_shape = self.graph.shapes[self.graph.output]
+        self.output_dim = self.output_shape[-1]
+        self._contextual = [op for op in self.graph.ops.values() if op.uses_context]
+        self.contextual = bool(self._contextual)  # a forward pass depends on where it sits in training
         self._ws = Workspace()
         self._requires = self._requires_grad(input_grad=False)
 
@@ -83,9 +89,31 @@ class Model:
         return {p.name: flat[p.offset:p.offset + p.size].reshape(p.shape) for p in self.params}
 
     # --- forward / backward ---------------------------------------------------------------
-    def forward(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """The output node's value; valid until the next call (copy it to keep it)."""
-        X = np.ascontiguousarray(X, dtype=self.dtype)
+    def check_input(self, X: np.ndarray, field: str = "X") -> np.ndarray:
+        """X as the graph reads it: (batch, *input shape), floats of the model's dtype or
+        int64 token ids below the vocabulary size."""
+        X = np.asarray(X)
+        if X.shape[1:] != self.input_shape:
+            raise SpecError(field, f"must have shape (n, {', '.join(map(str, self.input_shape))}), got {X.shape}")
+        if self.spec.input.dtype == "int":
+            if X.dtype.kind not in "iu":
+                raise SpecError(field, f"holds token ids and must be integers, got dtype {X.dtype}")
+            vocab = self.spec.input.vocab
+            if X.size and (X.min() < 0 or X.max() >= vocab):
+                raise SpecError(field, f"token ids must be in [0, {vocab}), got {int(X.min())}..{int(X.max())}")
+            return np.ascontiguousarray(X, dtype=np.int64)
+        return np.ascontiguousarray(X, dtype=self.dtype)
+
+    def forward(self, theta: np.ndarray, X: np.ndarray, ctx: Context | None = None) -> np.ndarray:
+        """The output node's value; valid until the next call (copy it to keep it).
+
+        `ctx` places the pass in training (step, the examples' dataset rows) for the ops
+        whose value depends on it, e.g. dropout; without one (or with `ctx.train` False)
+        they are off, as in evaluation and prediction.
+        """
+        X = self.check_input(X) if self.spec.input.dtype == "int" else np.ascontiguousarray(X, dtype=self.dtype)
+        for op in self._contextual:
+            op.ctx = ctx
         views = self.views(theta)
         values = {INPUT: X}
         for node in self.graph.order:
@@ -142,17 +170,19 @@ class Model:
 
     # --- what workers call -----------------------------------------------------------------
     def grad_sum(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray,
-                 out: np.ndarray | None = None) -> GradSum:
-        """Sum over the batch of the per-example gradients, losses and correct predictions."""
+                 out: np.ndarray | None = None, ctx: Context | None = None) -> GradSum:
+        """Sums over the batch of the sub-losses' gradients, the sub-losses and the correct
+        predictions; `count` sub-losses (examples, or tokens for a sequence loss)."""
         loss_fn = self._need_loss()
-        z = self.forward(theta, X)
+        z = self.forward(theta, X, ctx)
         loss, g_out, correct = loss_fn.loss_and_grad(z, y)
         _, grad = self.backward(g_out, grad=out)
-        return GradSum(grad=grad, loss=loss, count=len(X), correct=correct)
+        return GradSum(grad=grad, loss=loss, count=loss_fn.count(z), correct=correct)
 
     def evaluate(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> EvalSum:
-        loss, correct = self._need_loss().loss(self.forward(theta, X), y)
-        return EvalSum(loss=loss, count=len(X), correct=correct)
+        z = self.forward(theta, X)
+        loss, correct = self._need_loss().loss(z, y)
+        return EvalSum(loss=loss, count=self._need_loss().count(z), correct=correct)
 
     def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self.forward(theta, X).copy()

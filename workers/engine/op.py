@@ -1,7 +1,9 @@
 """The contract every graph node follows.
 
-An op maps input activations (each of shape ``(batch, features)``) and its parameters to
-one output. ``forward`` caches what ``backward`` needs; ``backward(g_out)`` applies the
+An op maps input activations and its parameters to one output. An activation is a batch
+of tensors, shape ``(batch, *shape)``; ``shape`` is the per-example shape the graph infers
+(``(features,)`` for an MLP, ``(channels, height, width)`` for an image, ``(tokens,
+features)`` for a sequence). ``forward`` caches what ``backward`` needs; ``backward(g_out)`` applies the
 local chain rule, g_in = (d out / d in)^T g_out, and returns ``(g_ins, grads)``: one
 gradient per input and one per parameter. It never changes a parameter: the optimizer
 lives in the coordinator and the gradient of a shared parameter is the sum of the
@@ -12,6 +14,7 @@ only until its next call; the executor copies whatever it hands out.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -19,6 +22,30 @@ import numpy as np
 from .workspace import Workspace
 
 Array = np.ndarray
+Shape = tuple[int, ...]
+"""A per-example shape (no batch axis)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a forward pass sits in training, for the ops whose value depends on it (dropout).
+
+    `index[i]` is example i's row in the dataset and `step` the optimizer step, so a random
+    draw keyed on (seed, step, index, node) is the same whichever worker computes the
+    example, in whatever chunk: any worker count gives the same bits.
+    """
+
+    seed: int
+    step: int
+    index: Array
+    train: bool = True
+
+
+def size(shape: Shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 ATTR_BOUND = 1e3
 """Largest |value| of a numeric op attribute unless the op's `attr_bounds` says otherwise.
@@ -42,21 +69,25 @@ class Op:
 
     arity: ClassVar[int | None] = 1  # None: two or more inputs
     param_names: ClassVar[tuple[str, ...]] = ()
+    int_input: ClassVar[bool] = False  # reads integer ids (embedding); every other op reads floats
+    uses_context: ClassVar[bool] = False  # reads `self.ctx` (dropout): the model sets it each pass
     attr_defaults: ClassVar[dict[str, Any]] = {}
     required_attrs: ClassVar[tuple[str, ...]] = ()
     attr_bounds: ClassVar[dict[str, float]] = {}  # numeric attribute -> largest |value| (default ATTR_BOUND)
+    attr_kinds: ClassVar[dict[str, str]] = {}  # attribute -> kind (`dptrain.engine.attrs.KINDS`); else a number
 
     def __init__(self, **attrs: Any) -> None:
         self.attrs = {**self.attr_defaults, **attrs}
         self.ws = Workspace()
         self.dtype: np.dtype = np.dtype(np.float32)
+        self.ctx: Context | None = None  # set by the model before each forward pass
 
     # --- shapes -----------------------------------------------------------------
-    def out_dim(self, in_dims: Sequence[int]) -> int:
-        """Output feature count; raises ValueError with a reason for incompatible inputs."""
-        return in_dims[0]
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        """The per-example output shape; raises ValueError with a reason for incompatible inputs."""
+        return in_shapes[0]
 
-    def param_shapes(self, in_dims: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self, in_shapes: Sequence[Shape]) -> dict[str, Shape]:
         return {}
 
     def init_params(self, shapes: dict[str, tuple[int, ...]], rng: np.random.Generator,

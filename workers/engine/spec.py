@@ -4,6 +4,9 @@ Sequential::
 
     {"input": 784, "layers": ["linear 512", "relu", "linear 10"], "loss": "cross_entropy"}
 
+The input is one example's shape: ``784`` (features), ``[1, 28, 28]`` (a float image,
+channels first) or ``{shape: [64], dtype: int, vocab: 96}`` (token ids in [0, vocab)).
+
 DAG (named nodes; ``x`` is the input; ``share`` reuses another node's parameters)::
 
     {"input": 64, "loss": "mse", "output": "out",
@@ -22,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import attrs
 from .errors import SpecError, key_path, show, unknown_field
 from .losses import ALIASES, LOSSES
 from .op import ATTR_BOUND
@@ -47,6 +51,32 @@ class Limits:
     max_activations: int = 1 << 20  # sum of all nodes' output widths (values per example)
 
 
+MAX_RANK = 4
+"""Axes of one example at most (e.g. channels, depth, height, width)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One example's shape and kind: floats, or integer token ids below `vocab`."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float"  # "float" or "int"
+    vocab: int | None = None
+
+    def to_dict(self) -> Any:
+        """The shortest form that reads back the same (a plain width for a float vector)."""
+        if self.dtype == "int":
+            return {"shape": list(self.shape), "dtype": "int", "vocab": self.vocab}
+        return self.shape[0] if len(self.shape) == 1 else list(self.shape)
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
@@ -64,10 +94,11 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    input: int
+    input: InputSpec
     nodes: tuple[NodeSpec, ...]
     output: str
     loss: str | None = None
+    loss_options: Mapping[str, Any] = field(default_factory=dict)  # e.g. label_smoothing
     form: str = field(default="nodes", compare=False)  # "layers" if written in the sequential form: errors say so
 
     @classmethod
@@ -80,7 +111,7 @@ class ModelSpec:
             raise SpecError(path, f"must be a mapping, got {type(d).__name__}")
         errs: Errors = []
         _no_unknown(d, {"input", "layers", "nodes", "output", "loss"}, path, errs)
-        n_in = _positive_int(d.get("input"), f"{path}.input", limits.max_input, errs)
+        n_in = _input(d.get("input"), f"{path}.input", limits, errs)
         nodes: list[NodeSpec] = []
         output = None
         if ("layers" in d) == ("nodes" in d):
@@ -95,21 +126,17 @@ class ModelSpec:
             output = d.get("output", nodes[-1].name if nodes else None)
             if complete and output not in {n.name for n in nodes}:
                 errs.append((f"{path}.output", f"unknown node {show(output)}"))
-        loss = d.get("loss")
-        if loss is not None:
-            loss = ALIASES.get(loss, loss) if isinstance(loss, str) else loss
-            if loss not in LOSSES:
-                errs.append((f"{path}.loss", f"unknown loss {show(d['loss'])}; choose one of {sorted(LOSSES)}"))
+        loss, options = _loss(d.get("loss"), f"{path}.loss", errs)
         if errs:
             raise SpecError.of(errs)
-        return cls(input=n_in, nodes=tuple(nodes), output=output, loss=loss,
+        return cls(input=n_in, nodes=tuple(nodes), output=output, loss=loss, loss_options=options,
                    form="layers" if "layers" in d else "nodes")
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"input": self.input, "nodes": [n.to_dict() for n in self.nodes],
+        d: dict[str, Any] = {"input": self.input.to_dict(), "nodes": [n.to_dict() for n in self.nodes],
                              "output": self.output}
         if self.loss:
-            d["loss"] = self.loss
+            d["loss"] = {"name": self.loss, **self.loss_options} if self.loss_options else self.loss
         return d
 
 
@@ -129,6 +156,59 @@ def _positive_int(v: Any, path: str, limit: int, errs: Errors) -> int | None:
     else:
         return v
     return None
+
+
+def _input(v: Any, path: str, limits: Limits, errs: Errors) -> InputSpec | None:
+    """`784`, `[1, 28, 28]` or `{shape: [64], dtype: int, vocab: 96}`."""
+    dtype, vocab = "float", None
+    if isinstance(v, Mapping):
+        before = len(errs)
+        _no_unknown(v, {"shape", "dtype", "vocab"}, path, errs)
+        dtype = v.get("dtype", "float")
+        if dtype not in ("float", "int"):
+            errs.append((f"{path}.dtype", f"must be 'float' or 'int' (token ids), got {show(dtype)}"))
+        if dtype == "int":
+            vocab = _positive_int(v.get("vocab"), f"{path}.vocab", limits.max_input, errs)
+        elif "vocab" in v:
+            errs.append((f"{path}.vocab", "only for dtype: int"))
+        if "shape" not in v:
+            errs.append((f"{path}.shape", "missing"))
+        if len(errs) > before:
+            return None
+        v, path = v["shape"], f"{path}.shape"
+    dims = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+    if not isinstance(dims, list) or not 1 <= len(dims) <= MAX_RANK:
+        errs.append((path, f"must be a positive integer or a list of 1 to {MAX_RANK} of them, got {show(v)}"))
+        return None
+    before = len(errs)
+    shape = tuple(_positive_int(s, f"{path}[{i}]" if len(dims) > 1 else path, limits.max_input, errs)
+                  for i, s in enumerate(dims))
+    if len(errs) > before:
+        return None
+    spec = InputSpec(shape, dtype, vocab)  # type: ignore[arg-type]
+    if spec.size > limits.max_input:
+        errs.append((path, f"{spec.size} values per example exceed the limit of {limits.max_input}"))
+        return None
+    return spec
+
+
+def _loss(v: Any, path: str, errs: Errors) -> tuple[str | None, dict[str, Any]]:
+    """`cross_entropy` or `{name: cross_entropy, label_smoothing: 0.1}`."""
+    if v is None:
+        return None, {}
+    options: dict[str, Any] = {}
+    if isinstance(v, Mapping):
+        options = {k: o for k, o in v.items() if k != "name"}
+        v = v.get("name")
+    name = ALIASES.get(v, v) if isinstance(v, str) else v
+    if name not in LOSSES:
+        errs.append((path, f"unknown loss {show(v)}; choose one of {sorted(LOSSES)}"))
+        return None, {}
+    for key, value in options.items():
+        problem = LOSSES[name].option_problem(key, value)
+        if problem:
+            errs.append((key_path(path, key), problem))
+    return name, options
 
 
 def _sequential(layers: Any, path: str, limits: Limits, errs: Errors) -> tuple[list[NodeSpec], bool]:
@@ -266,16 +346,18 @@ def _check_attr(op: str, key: str, value: Any, where: str, limits: Limits, errs:
 
 
 def _attr_problem(op: str, key: str, value: Any, limits: Limits) -> str | None:
-    if key in ("units", "start", "stop"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "units" else 0):
-            kind = "positive" if key == "units" else "non-negative"
-            return f"must be a {kind} integer, got {show(value)}"
-        if key == "units" and value > limits.max_width:
-            return f"width {show(value)} exceeds the limit of {limits.max_width}"
+    kind = OPS[op].attr_kinds.get(key) or attrs.LEGACY.get(key)
+    if kind == "count" and key == "units":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"must be a positive integer, got {show(value)}"
+        return f"width {show(value)} exceeds the limit of {limits.max_width}" if value > limits.max_width else None
+    if kind == "index":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"must be a non-negative integer, got {show(value)}"
         widest = max(limits.max_input, limits.max_width)
         return f"{show(value)} exceeds the widest possible input, {widest}" if value > widest else None
-    if key == "bias":
-        return None if isinstance(value, bool) else f"must be true or false, got {show(value)}"
+    if kind is not None:
+        return attrs.problem(kind, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"must be a number, got {show(value)}"
     bound = OPS[op].attr_bounds.get(key, ATTR_BOUND)
@@ -303,12 +385,26 @@ def json_schema(limits: Limits = Limits()) -> dict[str, Any]:
         "type": "object", "title": "ModelSpec", "additionalProperties": False, "required": ["input"],
         "description": "the network: `layers` (sequential) or `nodes` (a DAG), exactly one of them",
         "properties": {
-            "input": {"type": "integer", "minimum": 1, "maximum": limits.max_input, "description": "input features"},
+            "input": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": limits.max_input},
+                                {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,
+                                 "maxItems": MAX_RANK},
+                                {"type": "object", "additionalProperties": False, "required": ["shape"],
+                                 "properties": {"shape": {"type": "array", "items": {"type": "integer"}},
+                                                "dtype": {"enum": ["float", "int"]},
+                                                "vocab": {"type": "integer", "minimum": 1}}}],
+                      "description": "one example's shape: 784 (features), [1, 28, 28] (an image, channels "
+                                     "first) or {shape: [64], dtype: int, vocab: 96} (token ids)"},
             "layers": {"type": "array", "items": layer, "minItems": 1, "maxItems": limits.max_nodes,
                        "description": "the sequential form: each layer feeds the next"},
             "nodes": {"type": "array", "items": node, "minItems": 1, "maxItems": limits.max_nodes,
                       "description": "the DAG form: named nodes, any order"},
             "output": {"type": "string", "description": "DAG form: the output node (default: the last listed)"},
-            "loss": {"enum": sorted({*LOSSES, *ALIASES}), "description": "the training loss"},
+            "loss": {"anyOf": [{"enum": sorted({*LOSSES, *ALIASES})},
+                               {"type": "object", "required": ["name"],
+                                "properties": {"name": {"enum": sorted({*LOSSES, *ALIASES})},
+                                               "label_smoothing": {"type": "number", "minimum": 0,
+                                                                   "exclusiveMaximum": 1}}}],
+                      "description": "the training loss: a name, or {name, options} (cross_entropy: "
+                                     "label_smoothing)"},
         },
     }
