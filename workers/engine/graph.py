@@ -85,6 +85,7 @@ def build_graph(spec: ModelSpec, limits: Limits = Limits()) -> Graph:
     ops: dict[str, Op] = {}
     for node in order:
         op = OPS[node.op](**node.attrs)
+        op.name = node.name
         where = _where(spec, node)
         ints = [i == INPUT and spec.input.dtype == "int" for i in node.inputs]
         if any(ints) != op.int_input:

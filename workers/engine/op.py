@@ -81,6 +81,7 @@ class Op:
         self.ws = Workspace()
         self.dtype: np.dtype = np.dtype(np.float32)
         self.ctx: Context | None = None  # set by the model before each forward pass
+        self.name = ""  # the node's name (the graph sets it); keys dropout's masks
 
     # --- shapes -----------------------------------------------------------------
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:

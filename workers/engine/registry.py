@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import activations as act
 from . import elementwise as ew
+from .dropout import Dropout
 from .layers import Linear, PReLU
 from .op import Op
 
@@ -12,11 +13,12 @@ OPS: dict[str, type[Op]] = {
     "elu": act.ELU, "gelu": act.GELU, "softplus": act.Softplus,
     "add": ew.Add, "sub": ew.Sub, "mul": ew.Mul, "div": ew.Div, "concat": ew.Concat,
     "exp": ew.Exp, "log": ew.Log, "sin": ew.Sin, "cos": ew.Cos, "pow": ew.Pow, "slice": ew.Slice,
+    "dropout": Dropout,
 }
 
 # "linear 512", "leaky_relu 0.1", "pow 2": the attribute a bare argument sets.
 POSITIONAL = {"linear": "units", "leaky_relu": "alpha", "elu": "alpha", "pow": "exponent",
-              "prelu": "init"}
+              "prelu": "init", "dropout": "p"}
 
 # Activations after which a linear layer is initialised with He's scheme.
 RELU_LIKE = {"relu", "leaky_relu", "elu", "gelu", "prelu", "softplus"}
