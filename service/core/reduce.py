@@ -31,8 +31,11 @@ Node = tuple[int, int]  # [lo, hi) in chunk indices, aligned: hi - lo a power of
 
 @dataclass
 class Partial:
-    """Sums over the chunks of one tree node. `index_sum` lets the coordinator verify
-    that exactly the planned examples were used (the ledger's per-step proof)."""
+    """Sums over the chunks of one tree node. `count` is the number of sub-losses (the
+    divisor: examples, or tokens for a sequence loss); `examples` and `index_sum` let the
+    coordinator verify that exactly the planned examples were used (the ledger's per-step
+    proof). `stats` are sums of per-chunk statistics that are not gradients (batch norm's
+    chunk means and variances, for its running averages), reduced along the same tree."""
 
     node: Node
     grad: np.ndarray | None
@@ -40,6 +43,8 @@ class Partial:
     count: int
     correct: int
     index_sum: int
+    examples: int = 0
+    stats: np.ndarray | None = None
 
 
 # --- the tree's shape ------------------------------------------------------------------------
@@ -99,8 +104,10 @@ def _add(left: Partial, right: Partial, out: np.ndarray | None = None) -> Partia
     grad = None
     if left.grad is not None:
         grad = np.add(left.grad, right.grad, out=left.grad if out is None else out)
+    stats = None if left.stats is None else left.stats + right.stats
     return Partial((left.node[0], right.node[1]), grad, left.loss + right.loss, left.count + right.count,
-                   left.correct + right.correct, left.index_sum + right.index_sum)
+                   left.correct + right.correct, left.index_sum + right.index_sum, left.examples + right.examples,
+                   stats)
 
 
 def _tree_sum(node: Node, n_chunks: int, known: dict[Node, Partial], add) -> Partial | None:

@@ -179,11 +179,11 @@ class ShardComputer:
         node = (i, i + 1)
         if not train:
             e = model.evaluate(theta, Xc, yc)
-            return Partial(node, None, e.loss, e.count, e.correct, int(idx.sum()))
+            return Partial(node, None, e.loss, e.count, e.correct, int(idx.sum()), len(idx))
         if out is None:
             out = self._grad_buf(k, theta.size, model.dtype)
         s = model.grad_sum(theta, Xc, yc, out=out, ctx=Context(self.seed, step, idx) if model.contextual else None)
-        return Partial(node, s.grad, s.loss, s.count, s.correct, int(idx.sum()))
+        return Partial(node, s.grad, s.loss, s.count, s.correct, int(idx.sum()), len(idx), s.stats)
 
     def _grad_buf(self, k: int, size: int, dtype: np.dtype) -> np.ndarray:
         """One reusable gradient buffer per chunk slot; valid until the next `compute`."""

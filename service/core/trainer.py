@@ -165,20 +165,23 @@ class Trainer:
         epoch, start, size = self._next_batch()
         (grad, norm_sums, total), outcomes = self._compute(self._plans(size, epoch, start))
         indices = self.permutation(epoch)[start:start + size]
-        if total.count != size or total.index_sum != int(indices.sum()):
-            raise LedgerError(f"step {self.state.step + 1}: workers used {total.count} examples "
+        if total.examples != size or total.index_sum != int(indices.sum()):
+            raise LedgerError(f"step {self.state.step + 1}: workers used {total.examples} examples "
                               f"(index sum {total.index_sum}), planned {size} ({int(indices.sum())})")
         self.ledger.record(epoch, indices)
         lr = self.config.optimizer.lr_at(self.state.step, self.total_steps)
+        buffers = self.model.buffers_of(self.state.theta) if total.stats is not None else None
         grad_norm = self.optimizer.step(self.state.theta, grad, lr, norm_sums)
+        if buffers is not None:  # running statistics: their own update, not the optimizer's
+            self.model.update_buffers(self.state.theta, buffers, total.stats)
         s = self.state
         s.step, s.position, s.version = s.step + 1, start + size, s.version + 1
         s.theta = self.backend.publish(s.theta)
         if self.on_weights:
             self.on_weights(s.version, s.step, s.theta)
         elapsed = time.perf_counter() - t0
-        m = StepMetrics(step=s.step, epoch=epoch, loss=total.loss / size,
-                        accuracy=total.correct / size if self.train.task == "classification" else None,
+        m = StepMetrics(step=s.step, epoch=epoch, loss=total.loss / total.count,
+                        accuracy=total.correct / total.count if self.train.task == "classification" else None,
                         grad_norm=grad_norm, lr=lr, batch=size, samples_per_s=size / elapsed, step_s=elapsed,
                         version=s.version, workers=self._timings(outcomes))
         every = self.config.val_every
@@ -207,8 +210,8 @@ class Trainer:
         """Validation loss and accuracy: forward only, sharded like a training step."""
         n = self.val.n
         (_, _, total), _ = self._compute(self._plans(n, kind=PlanKind.EVALUATE))
-        acc = total.correct / n if self.val.task == "classification" else None
-        return total.loss / n, acc
+        acc = total.correct / total.count if self.val.task == "classification" else None
+        return total.loss / total.count, acc
 
     # --- control --------------------------------------------------------------------
     def resize(self, workers: int) -> None:

@@ -24,6 +24,7 @@ class ParamInfo:
     offset: int
     owner: str  # the node whose parameters these are
     scheme: str  # initialisation scheme: "he" or "glorot"
+    trainable: bool = True  # False: a statistic its op updates itself (batch norm's running averages)
 
     @property
     def size(self) -> int:
@@ -152,7 +153,7 @@ def _layout(spec, order, ops, shapes) -> tuple[list[ParamInfo], dict[str, dict[s
         relu_next = any(by_name[c].op in RELU_LIKE for c in consumers[node.name])
         for pname, shape in shapes[node.name].items():
             info = ParamInfo(f"{node.name}.{pname}", tuple(shape), offset, node.name,
-                             "he" if relu_next else "glorot")
+                             "he" if relu_next else "glorot", pname not in ops[node.name].buffer_names)
             params.append(info)
             offset += info.size
         uses[node.name] = {p: f"{node.name}.{p}" for p in shapes[node.name]}

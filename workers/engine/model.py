@@ -25,12 +25,14 @@ from .workspace import Workspace
 
 @dataclass
 class GradSum:
-    """Sums over a batch: sum_i grad l_i, sum_i l_i, the example count, correct predictions."""
+    """Sums over a batch: sum_i grad l_i, sum_i l_i, the sub-loss count, correct predictions,
+    and (batch norm in training) the call's statistics for the running averages."""
 
     grad: np.ndarray
     loss: float
     count: int
     correct: int
+    stats: np.ndarray | None = None
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Model:
         self.output_dim = self.output_shape[-1]
         self._contextual = [op for op in self.graph.ops.values() if op.uses_context]
         self.contextual = bool(self._contextual)  # a forward pass depends on where it sits in training
+        self._stateful = [(name, op) for name, op in self.graph.ops.items() if op.buffer_names]
         self._ws = Workspace()
         self._requires = self._requires_grad(input_grad=False)
 
@@ -177,7 +180,26 @@ class Model:
         z = self.forward(theta, X, ctx)
         loss, g_out, correct = loss_fn.loss_and_grad(z, y)
         _, grad = self.backward(g_out, grad=out)
-        return GradSum(grad=grad, loss=loss, count=loss_fn.count(z), correct=correct)
+        stats = None
+        if self._stateful and ctx is not None and ctx.train:
+            stats = np.concatenate([op.batch_stats for _, op in self._stateful])
+        return GradSum(grad=grad, loss=loss, count=loss_fn.count(z), correct=correct, stats=stats)
+
+    # --- untrained parameters (batch norm's running statistics) -------------------------------
+    def buffers_of(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """Copies of the untrained parameters, taken before the optimizer step touches theta."""
+        return {p.name: theta[p.offset:p.offset + p.size].copy() for p in self.params if not p.trainable}
+
+    def update_buffers(self, theta: np.ndarray, before: dict[str, np.ndarray], stats: np.ndarray) -> None:
+        """Set each stateful op's untrained parameters in `theta` from their values `before`
+        the step and the step's summed statistics (laid out as `grad_sum` concatenates them)."""
+        views, at = self.views(theta), 0
+        for name, op in self._stateful:
+            flat = {b: self.graph.uses[name][b] for b in op.buffer_names}
+            mine = {b: views[f] for b, f in flat.items()}
+            n = op.stats_size(mine)
+            op.update(mine, {b: before[f].reshape(mine[b].shape) for b, f in flat.items()}, stats[at:at + n])
+            at += n
 
     def evaluate(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> EvalSum:
         z = self.forward(theta, X)

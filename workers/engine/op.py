@@ -71,6 +71,7 @@ class Op:
     param_names: ClassVar[tuple[str, ...]] = ()
     int_input: ClassVar[bool] = False  # reads integer ids (embedding); every other op reads floats
     uses_context: ClassVar[bool] = False  # reads `self.ctx` (dropout): the model sets it each pass
+    buffer_names: ClassVar[tuple[str, ...]] = ()  # parameters not trained (batch norm's running statistics)
     attr_defaults: ClassVar[dict[str, Any]] = {}
     required_attrs: ClassVar[tuple[str, ...]] = ()
     attr_bounds: ClassVar[dict[str, float]] = {}  # numeric attribute -> largest |value| (default ATTR_BOUND)

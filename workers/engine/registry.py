@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import activations as act
 from . import elementwise as ew
+from .batchnorm import BatchNorm
 from .dropout import Dropout
 from .layers import Linear, PReLU
 from .op import Op
@@ -13,7 +14,7 @@ OPS: dict[str, type[Op]] = {
     "elu": act.ELU, "gelu": act.GELU, "softplus": act.Softplus,
     "add": ew.Add, "sub": ew.Sub, "mul": ew.Mul, "div": ew.Div, "concat": ew.Concat,
     "exp": ew.Exp, "log": ew.Log, "sin": ew.Sin, "cos": ew.Cos, "pow": ew.Pow, "slice": ew.Slice,
-    "dropout": Dropout,
+    "dropout": Dropout, "batch_norm": BatchNorm,
 }
 
 # "linear 512", "leaky_relu 0.1", "pow 2": the attribute a bare argument sets.
