@@ -160,6 +160,16 @@ class Client:
         req = pb.PredictRequest(job_id=job_id, inputs=convert.to_tensor("inputs", np.asarray(X)))
         return convert.from_tensor(self._call("Predict", req).outputs)
 
+    def input_gradient(self, job_id: str, X: np.ndarray, node: str = "", unit: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(d unit / d X per example, the node's outputs): backpropagation to the data.
+        `unit` None: each example's largest output (a classifier's predicted class)."""
+        req = pb.InputGradientRequest(job_id=job_id, inputs=convert.to_tensor("inputs", np.asarray(X)), node=node)
+        if unit is not None:
+            req.unit = unit
+        resp = self._call("InputGradient", req)
+        return convert.from_tensor(resp.gradients), convert.from_tensor(resp.outputs)
+
     # --- datasets -----------------------------------------------------------------------
     def upload_dataset(self, path: str | Path, **csv_options: Any) -> pb.DatasetInfo:
         """Upload an .npz (arrays X, y) or a .csv; csv options: label (name or index), header,

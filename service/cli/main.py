@@ -9,7 +9,7 @@ import grpc
 from dptrain import __version__
 from dptrain.engine import SpecError
 
-from . import cluster, local, remote, schema, serve
+from . import cluster, inputs, local, remote, schema, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(sub)
     remote.register(sub)
+    inputs.register(sub)
     cluster.register(sub)
     local.register(sub)
     schema.register(sub)

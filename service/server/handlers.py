@@ -164,6 +164,24 @@ def predict(m: JobManager, req: pb.PredictRequest, max_rows: int) -> pb.PredictR
                               version=version, step=step)
 
 
+def input_gradient(m: JobManager, req: pb.InputGradientRequest, max_rows: int) -> pb.InputGradientResponse:
+    """d(unit)/d(inputs) per example: backpropagation to the data, with the latest weights."""
+    job_id = bounds.check_job_id(req.job_id)
+    m.record(job_id)
+    bounds.check_tensor(req.inputs, "inputs")
+    bounds.check_text(req.node, "node", bounds.WORD_CHARS)
+    if len(req.inputs.shape) >= 2 and req.inputs.shape[0] > max_rows:
+        raise TooLarge(f"inputs: {req.inputs.shape[0]} rows exceed the limit of {max_rows}")
+    X = convert.from_tensor(req.inputs, "inputs")
+    version, step, theta, model = _weights(m, job_id, None)
+    if model.spec.input.dtype == "int":
+        raise NotReady(f"job {job_id}'s model reads token ids, which have no gradient")
+    unit = req.unit if req.HasField("unit") else None
+    g, out = model.input_gradient(theta, X, req.node or None, unit)
+    return pb.InputGradientResponse(gradients=convert.to_tensor("gradients", g),
+                                    outputs=convert.to_tensor("outputs", out), version=version, step=step)
+
+
 def upload_dataset(m: JobManager, chunks: Iterator[pb.DatasetChunk]) -> pb.DatasetInfo:
     """The header, then data, then the end marker; the registry checks the counts and keeps
     nothing of a stream that breaks off."""

@@ -143,6 +143,10 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         return h.predict(self.manager, request, self.limits.max_predict_rows)
 
     @unary
+    def InputGradient(self, request, context):
+        return h.input_gradient(self.manager, request, self.limits.max_predict_rows)
+
+    @unary
     def UploadDataset(self, request_iterator, context):
         return h.upload_dataset(self.manager, request_iterator)
 

@@ -437,6 +437,30 @@ class PredictResponse(_message.Message):
     step: int
     def __init__(self, outputs: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
 
+class InputGradientRequest(_message.Message):
+    __slots__ = ("job_id", "inputs", "node", "unit")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    inputs: Tensor
+    node: str
+    unit: int
+    def __init__(self, job_id: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., node: _Optional[str] = ..., unit: _Optional[int] = ...) -> None: ...
+
+class InputGradientResponse(_message.Message):
+    __slots__ = ("gradients", "outputs", "version", "step")
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    gradients: Tensor
+    outputs: Tensor
+    version: int
+    step: int
+    def __init__(self, gradients: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
 class DatasetHeader(_message.Message):
     __slots__ = ("filename", "format", "label_name", "label_index", "header", "task", "delimiter", "size_bytes")
     FILENAME_FIELD_NUMBER: _ClassVar[int]

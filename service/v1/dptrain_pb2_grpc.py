@@ -81,6 +81,11 @@ class TrainerStub:
                 request_serializer=dptrain_dot_v1_dot_dptrain__pb2.PredictRequest.SerializeToString,
                 response_deserializer=dptrain_dot_v1_dot_dptrain__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.InputGradient = channel.unary_unary(
+                '/dptrain.v1.Trainer/InputGradient',
+                request_serializer=dptrain_dot_v1_dot_dptrain__pb2.InputGradientRequest.SerializeToString,
+                response_deserializer=dptrain_dot_v1_dot_dptrain__pb2.InputGradientResponse.FromString,
+                _registered_method=True)
         self.UploadDataset = channel.stream_unary(
                 '/dptrain.v1.Trainer/UploadDataset',
                 request_serializer=dptrain_dot_v1_dot_dptrain__pb2.DatasetChunk.SerializeToString,
@@ -176,6 +181,15 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InputGradient(self, request, context):
+        """Backpropagation to the data: the gradient of one output unit (of the output node or
+        any other) with respect to each input, for saliency maps and for optimising an input
+        to excite a unit. FAILED_PRECONDITION for a model whose inputs are token ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadDataset(self, request_iterator, context):
         """Uploads a dataset file (npz or csv): first a header chunk, then data chunks, then
         the end marker; nothing partial is ever stored. The returned id is the file's
@@ -240,6 +254,11 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=dptrain_dot_v1_dot_dptrain__pb2.PredictRequest.FromString,
                     response_serializer=dptrain_dot_v1_dot_dptrain__pb2.PredictResponse.SerializeToString,
+            ),
+            'InputGradient': grpc.unary_unary_rpc_method_handler(
+                    servicer.InputGradient,
+                    request_deserializer=dptrain_dot_v1_dot_dptrain__pb2.InputGradientRequest.FromString,
+                    response_serializer=dptrain_dot_v1_dot_dptrain__pb2.InputGradientResponse.SerializeToString,
             ),
             'UploadDataset': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadDataset,
@@ -496,6 +515,33 @@ class Trainer:
             '/dptrain.v1.Trainer/Predict',
             dptrain_dot_v1_dot_dptrain__pb2.PredictRequest.SerializeToString,
             dptrain_dot_v1_dot_dptrain__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InputGradient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dptrain.v1.Trainer/InputGradient',
+            dptrain_dot_v1_dot_dptrain__pb2.InputGradientRequest.SerializeToString,
+            dptrain_dot_v1_dot_dptrain__pb2.InputGradientResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,10 +15,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, show
 from .graph import ParamInfo, build_graph
 from .losses import LOSSES, Loss
-from .op import Context
+from .op import Context, size
 from .spec import INPUT, Limits, ModelSpec
 from .workspace import Workspace
 
@@ -118,15 +118,15 @@ class Model:
         for op in self._contextual:
             op.ctx = ctx
         views = self.views(theta)
-        values = {INPUT: X}
+        values = self._values = {INPUT: X}
         for node in self.graph.order:
             p = {k: views[v] for k, v in self.graph.uses.get(node.name, {}).items()}
             values[node.name] = self.graph.ops[node.name].forward([values[i] for i in node.inputs], p)
         return values[self.graph.output]
 
     def backward(self, g_out: np.ndarray, grad: np.ndarray | None = None,
-                 input_grad: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
-        """Run g_out -> g_in from the output back to the input, after `forward`.
+                 input_grad: bool = False, start: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+        """Run g_out -> g_in from the output (or node `start`) back to the input, after `forward`.
 
         Returns (g_X or None, flat parameter gradient). A node feeding several others
         receives the sum of their g_in's; a shared parameter the sum over its users.
@@ -136,7 +136,7 @@ class Model:
         requires = self._requires if not input_grad else self._requires_grad(True)
         gviews = self.views(grad)
         written: set[str] = set()
-        pending: dict[str, list[np.ndarray]] = {self.graph.output: [g_out]}
+        pending: dict[str, list[np.ndarray]] = {start or self.graph.output: [g_out]}
         for node in reversed(self.graph.order):
             contribs = pending.pop(node.name, [])
             if not contribs:
@@ -208,6 +208,28 @@ class Model:
 
     def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self.forward(theta, X).copy()
+
+    def input_gradient(self, theta: np.ndarray, X: np.ndarray, node: str | None = None,
+                       unit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Backpropagation to the data (docs/backprop.md): d node[unit] / dX for each example,
+        and the node's outputs flattened per example. `unit` indexes that flattened output;
+        None: each example's largest unit (a classifier's predicted class). Evaluation mode."""
+        if self.spec.input.dtype == "int":
+            raise ValueError("the inputs are token ids: they have no gradient")
+        node = node or self.graph.output
+        if node not in self.graph.ops:
+            raise SpecError("node", f"unknown node {show(node)}; the nodes: {list(self.graph.ops)}")
+        width = size(self.graph.shapes[node])
+        if unit is not None and not 0 <= unit < width:
+            raise SpecError("unit", f"must be in [0, {width}) for node {node!r}, got {unit}")
+        X = self.check_input(X, "inputs")
+        self.forward(theta, X)
+        out = self._values[node].reshape(len(X), width).copy()
+        units = out.argmax(axis=1) if unit is None else np.full(len(X), unit)
+        g = np.zeros_like(out)
+        g[np.arange(len(X)), units] = 1
+        g_x, _ = self.backward(g.reshape(self._values[node].shape), input_grad=True, start=node)
+        return (np.zeros_like(X) if g_x is None else g_x), out
 
     def _need_loss(self) -> Loss:
         if self.loss_fn is None:
