@@ -19,7 +19,8 @@ from .errors import SpecError, show
 from .graph import ParamInfo, build_graph
 from .losses import LOSSES, Loss
 from .op import Context, size
-from .spec import INPUT, Limits, ModelSpec
+from .recompute import Recompute
+from .spec import INPUT, Limits, ModelSpec, NodeSpec
 from .workspace import Workspace
 
 
@@ -67,6 +68,8 @@ class Model:
         self._contextual = [op for op in self.graph.ops.values() if op.uses_context]
         self.contextual = bool(self._contextual)  # a forward pass depends on where it sits in training
         self._stateful = [(name, op) for name, op in self.graph.ops.items() if op.buffer_names]
+        self._recompute = (Recompute(self.graph.order, self.spec.recompute, self.graph.output, self.graph.ops)
+                           if self.spec.recompute is not None else None)
         self._ws = Workspace()
         self._requires = self._requires_grad(input_grad=False)
 
@@ -117,12 +120,23 @@ class Model:
         X = self.check_input(X) if self.spec.input.dtype == "int" else np.ascontiguousarray(X, dtype=self.dtype)
         for op in self._contextual:
             op.ctx = ctx
-        views = self.views(theta)
+        self._views = self.views(theta)
         values = self._values = {INPUT: X}
+        self._stats: dict[str, np.ndarray] = {}
         for node in self.graph.order:
-            p = {k: views[v] for k, v in self.graph.uses.get(node.name, {}).items()}
-            values[node.name] = self.graph.ops[node.name].forward([values[i] for i in node.inputs], p)
+            values[node.name] = self._run(node, values)
+            if self._recompute:
+                self._recompute.after_forward(node, values)
         return values[self.graph.output]
+
+    def _run(self, node: NodeSpec, values: dict[str, np.ndarray]) -> np.ndarray:
+        """One node's forward; a batch norm's chunk statistics are noted as it runs."""
+        op = self.graph.ops[node.name]
+        p = {k: self._views[v] for k, v in self.graph.uses.get(node.name, {}).items()}
+        out = op.forward([values[i] for i in node.inputs], p)
+        if op.buffer_names and getattr(op, "batch_stats", None) is not None:
+            self._stats[node.name] = op.batch_stats
+        return out
 
     def backward(self, g_out: np.ndarray, grad: np.ndarray | None = None,
                  input_grad: bool = False, start: str | None = None) -> tuple[np.ndarray | None, np.ndarray]:
@@ -138,22 +152,31 @@ class Model:
         written: set[str] = set()
         pending: dict[str, list[np.ndarray]] = {start or self.graph.output: [g_out]}
         for node in reversed(self.graph.order):
+            if self._recompute:
+                self._recompute.before_backward(node, self._values, self._run)
             contribs = pending.pop(node.name, [])
-            if not contribs:
-                continue
-            g = self._accumulate(node.name, contribs)
-            uses = self.graph.uses.get(node.name, {})
-            into = {k: gviews[v] for k, v in uses.items() if v not in written}
-            g_ins, grads = self.graph.ops[node.name].backward(g, [requires[i] for i in node.inputs], into)
-            for k, v in uses.items():
-                if k not in into:  # a shared parameter already written by another user
-                    gviews[v] += grads[k]
-            written.update(uses.values())
-            for inp, g_in in zip(node.inputs, g_ins):
-                if g_in is not None:
-                    pending.setdefault(inp, []).append(g_in)
+            if contribs:
+                self._backward_node(node, contribs, requires, gviews, written, pending)
+            if self._recompute:
+                self._recompute.after_backward(node, self._values)
         g_x = self._accumulate(INPUT, pending[INPUT]) if input_grad and INPUT in pending else None
         return (None if g_x is None else g_x.copy()), grad
+
+    def _backward_node(self, node: NodeSpec, contribs: list[np.ndarray], requires: dict[str, bool],
+                       gviews: dict[str, np.ndarray], written: set[str], pending: dict[str, list[np.ndarray]]) -> None:
+        """One node's g_out -> (g_in, grads): the sum of its consumers' contributions in, the
+        parameter gradients into the flat buffer (added for a shared parameter's later users)."""
+        g = self._accumulate(node.name, contribs)
+        uses = self.graph.uses.get(node.name, {})
+        into = {k: gviews[v] for k, v in uses.items() if v not in written}
+        g_ins, grads = self.graph.ops[node.name].backward(g, [requires[i] for i in node.inputs], into)
+        for k, v in uses.items():
+            if k not in into:  # a shared parameter already written by another user
+                gviews[v] += grads[k]
+        written.update(uses.values())
+        for inp, g_in in zip(node.inputs, g_ins):
+            if g_in is not None:
+                pending.setdefault(inp, []).append(g_in)
 
     def _accumulate(self, name: str, contribs: list[np.ndarray]) -> np.ndarray:
         if len(contribs) == 1:
@@ -182,7 +205,7 @@ class Model:
         _, grad = self.backward(g_out, grad=out)
         stats = None
         if self._stateful and ctx is not None and ctx.train:
-            stats = np.concatenate([op.batch_stats for _, op in self._stateful])
+            stats = np.concatenate([self._stats[name] for name, _ in self._stateful])
         return GradSum(grad=grad, loss=loss, count=loss_fn.count(z), correct=correct, stats=stats)
 
     # --- untrained parameters (batch norm's running statistics) -------------------------------
@@ -223,12 +246,16 @@ class Model:
         if unit is not None and not 0 <= unit < width:
             raise SpecError("unit", f"must be in [0, {width}) for node {node!r}, got {unit}")
         X = self.check_input(X, "inputs")
-        self.forward(theta, X)
-        out = self._values[node].reshape(len(X), width).copy()
-        units = out.argmax(axis=1) if unit is None else np.full(len(X), unit)
-        g = np.zeros_like(out)
-        g[np.arange(len(X)), units] = 1
-        g_x, _ = self.backward(g.reshape(self._values[node].shape), input_grad=True, start=node)
+        recompute, self._recompute = self._recompute, None  # keep every value: `node` may be inside a segment
+        try:
+            self.forward(theta, X)
+            out = self._values[node].reshape(len(X), width).copy()
+            units = out.argmax(axis=1) if unit is None else np.full(len(X), unit)
+            g = np.zeros_like(out)
+            g[np.arange(len(X)), units] = 1
+            g_x, _ = self.backward(g.reshape(self._values[node].shape), input_grad=True, start=node)
+        finally:
+            self._recompute = recompute
         return (np.zeros_like(X) if g_x is None else g_x), out
 
     def _need_loss(self) -> Loss:

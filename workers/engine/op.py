@@ -109,6 +109,14 @@ class Op:
         """
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Drop what forward cached and the workspace (activation recomputation frees a
+        segment this way; the next forward allocates again)."""
+        self.ws = Workspace()
+        for key, value in list(vars(self).items()):
+            if isinstance(value, np.ndarray):
+                delattr(self, key)
+
     # --- helpers ------------------------------------------------------------------
     def buf(self, key: str, shape: tuple[int, ...]) -> Array:
         return self.ws.get(key, shape, self.dtype)

@@ -99,6 +99,7 @@ class ModelSpec:
     output: str
     loss: str | None = None
     loss_options: Mapping[str, Any] = field(default_factory=dict)  # e.g. label_smoothing
+    recompute: Any = None  # k (segments of k nodes) or [[first, last], ...]: see graph.segments
     form: str = field(default="nodes", compare=False)  # "layers" if written in the sequential form: errors say so
 
     @classmethod
@@ -110,7 +111,7 @@ class ModelSpec:
         if not isinstance(d, Mapping):
             raise SpecError(path, f"must be a mapping, got {type(d).__name__}")
         errs: Errors = []
-        _no_unknown(d, {"input", "layers", "nodes", "output", "loss"}, path, errs)
+        _no_unknown(d, {"input", "layers", "nodes", "output", "loss", "recompute"}, path, errs)
         n_in = _input(d.get("input"), f"{path}.input", limits, errs)
         nodes: list[NodeSpec] = []
         output = None
@@ -127,20 +128,50 @@ class ModelSpec:
             if complete and output not in {n.name for n in nodes}:
                 errs.append((f"{path}.output", f"unknown node {show(output)}"))
         loss, options = _loss(d.get("loss"), f"{path}.loss", errs)
+        recompute = _recompute(d.get("recompute"), f"{path}.recompute", {n.name for n in nodes}, limits, errs)
         if errs:
             raise SpecError.of(errs)
         return cls(input=n_in, nodes=tuple(nodes), output=output, loss=loss, loss_options=options,
-                   form="layers" if "layers" in d else "nodes")
+                   recompute=recompute, form="layers" if "layers" in d else "nodes")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"input": self.input.to_dict(), "nodes": [n.to_dict() for n in self.nodes],
                              "output": self.output}
         if self.loss:
             d["loss"] = {"name": self.loss, **self.loss_options} if self.loss_options else self.loss
+        if self.recompute is not None:
+            d["recompute"] = self.recompute if isinstance(self.recompute, int) else [list(r) for r in self.recompute]
         return d
 
 
 Errors = list[tuple[str, str]]
+
+
+def _recompute(v: Any, path: str, names: set[str], limits: Limits, errs: Errors) -> Any:
+    """`k` (every k nodes in topological order form a segment) or `[[first, last], ...]`
+    (the nodes from first to last in topological order): forward keeps only what leaves a
+    segment, backward recomputes inside it (docs/backprop.md, 'Memory and runtime')."""
+    if v is None:
+        return None
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not 1 <= v <= limits.max_nodes:
+            errs.append((path, f"must be in [1, {limits.max_nodes}] nodes per segment, got {show(v)}"))
+            return None
+        return v
+    if not isinstance(v, list) or not v:
+        errs.append((path, f"must be a number of nodes per segment or a list of [first, last] node pairs, "
+                           f"got {show(v)}"))
+        return None
+    ranges = []
+    for i, r in enumerate(v):
+        if not (isinstance(r, list) and len(r) == 2 and all(isinstance(s, str) for s in r)):
+            errs.append((f"{path}[{i}]", f"must be a [first, last] pair of node names, got {show(r)}"))
+            continue
+        for s in r:
+            if s not in names:
+                errs.append((f"{path}[{i}]", f"unknown node {show(s)}"))
+        ranges.append(tuple(r))
+    return tuple(ranges)
 
 
 def _no_unknown(d: Mapping[str, Any], allowed: set[str], path: str, errs: Errors) -> None:
@@ -406,5 +437,11 @@ def json_schema(limits: Limits = Limits()) -> dict[str, Any]:
                                                                    "exclusiveMaximum": 1}}}],
                       "description": "the training loss: a name, or {name, options} (cross_entropy: "
                                      "label_smoothing)"},
+            "recompute": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": limits.max_nodes},
+                                    {"type": "array", "items": {"type": "array", "items": {"type": "string"},
+                                                                "minItems": 2, "maxItems": 2}}],
+                          "description": "activation recomputation: k (segments of k nodes) or [[first, last], "
+                                         "...] node ranges; forward keeps only what leaves a segment, backward "
+                                         "recomputes inside it (same bits, less memory, more time)"},
         },
     }
