@@ -23,8 +23,10 @@ from .op import Op
 
 
 class BatchNorm(Op):
-    """Normalise each channel (axis 0 of an example: C of (C, H, W), or each feature of a
-    vector) over the call's examples and the remaining axes. Attributes: `eps` (1e-5),
+    """Normalise each channel over the micro-chunk's examples; running statistics in evaluation.
+
+    A channel is axis 0 of an example (C of (C, H, W), or each feature of a vector); the
+    statistics run over the call's examples and the remaining axes. Attributes: `eps` (1e-5),
     `momentum` (0.1), `affine` (true: a scale gamma, init 1, and a shift beta, init 0).
     In evaluation (no training context) the running statistics are used instead."""
 

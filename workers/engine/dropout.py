@@ -44,9 +44,10 @@ def keep_mask(seed: int, step: int, node: str, rows: np.ndarray, size: int, p: f
 
 
 class Dropout(Op):
-    """out = x * keep / (1 - p) in training, x otherwise. Attribute `p` (the drop rate, in
-    [0, 1), default 0.5; shorthand "dropout 0.1"). g_in = g_out * keep / (1 - p): the same
-    mask, so backward is exact for the forward it follows."""
+    """out = x * keep / (1 - p) in training, x in evaluation; keep drawn per (seed, step, row, node).
+
+    Attribute `p` (the drop rate, in [0, 1), default 0.5; shorthand "dropout 0.1").
+    g_in = g_out * keep / (1 - p): the same mask, so backward is exact for its forward."""
 
     uses_context = True
     attr_defaults = {"p": 0.5}
