@@ -137,8 +137,12 @@ def test_schedule_without_name_means_constant():
     ({"bogus": 1}, "job.bogus"),
     ({"optimizer": {"name": "adam", "lr": True}}, "optimizer.lr"),
     ({"optimizer": {"name": "adam", "schedule": {"name": "step", "gamma": "x"}}}, "optimizer.schedule.gamma"),
-    ({"dataset": {"name": "blobs", "params": {"n": [1, 2]}}}, "dataset.params.n"),
+    ({"dataset": {"name": "blobs", "params": {"n": [1.5, 2]}}}, "dataset.params.n"),  # lists hold integers
     ({"model": {"input": 4, "layers": ["linear 8", {"op": "linear", "units": {"a": 1}}]}}, "model.layers[1].units"),
+    ({"model": {"input": [4, "x"], "layers": ["linear 8"]}}, "model.input"),
+    ({"model": {"input": {"shape": [4], "kind": "int"}, "layers": ["linear 8"]}}, "model.input.kind"),
+    ({"model": {"input": 4, "layers": ["linear 8"], "loss": {"name": "cross_entropy", "t": 1}}}, "model.loss.t"),
+    ({"model": {"input": 4, "layers": ["linear 8"], "recompute": [["a"]]}}, "model.recompute[0]"),
     ({"model": {"input": 4, "layers": ["linear eight"]}}, "model.layers[0]"),
     ({"model": {"input": 4, "nodes": [{"name": "h", "op": "linear", "inputs": [1]}]}}, "model.nodes[0].inputs"),
     ({"model": {"input": 4, "nodes": [{"name": 5, "op": "linear", "inputs": ["x"]}]}}, "model.nodes[0].name"),
@@ -148,6 +152,24 @@ def test_dict_to_job_spec_errors_name_the_field(patch, field):
     with pytest.raises(SpecError) as err:
         dict_to_job_spec({**MLP, **patch})
     assert err.value.field == field
+
+
+def test_a_list_of_integers_where_a_number_belongs_is_named_by_the_spec():
+    """Lists of integers travel (conv kernels); the spec then says what the field wants."""
+    d = job_spec_to_dict(dict_to_job_spec({**MLP, "dataset": {"name": "blobs", "params": {"n": [1, 2]}}}))
+    with pytest.raises(SpecError) as err:
+        TrainConfig.from_dict(d)
+    assert "dataset.params.n" in dict(err.value.errors)
+
+
+@pytest.mark.parametrize("model", [
+    {"input": [1, 28, 28], "layers": [{"op": "linear", "units": 4}], "recompute": 2,
+     "loss": {"name": "cross_entropy", "label_smoothing": 0.1}},
+    {"input": {"shape": [16], "dtype": "int", "vocab": 50}, "recompute": [["e", "e"]],
+     "nodes": [{"name": "e", "op": "linear", "inputs": ["x"], "units": 3, "kernel": [3, 5]}]},
+])
+def test_tensor_inputs_loss_options_lists_and_recompute_round_trip(model):
+    assert job_spec_to_dict(dict_to_job_spec({**MLP, "model": model}))["model"] == model
 
 
 def test_reserved_attribute_names_are_rejected():

@@ -149,6 +149,11 @@ def check_job_spec(spec: Any) -> None:
 def _check_model(m: Any) -> None:
     check_text(m.loss, "model.loss", WORD_CHARS)
     check_text(m.output, "model.output", WORD_CHARS)
+    check_count(m.input_shape, "model.input_shape", 4)
+    check_count(m.recompute_ranges, "model.recompute_ranges", NODES)
+    for i, r in enumerate(m.recompute_ranges):
+        check_text(r.first, f"model.recompute_ranges[{i}].first", WORD_CHARS)
+        check_text(r.last, f"model.recompute_ranges[{i}].last", WORD_CHARS)
     check_count(m.layers, "model.layers", NODES)
     check_count(m.nodes, "model.nodes", NODES)
     for i, layer in enumerate(m.layers):
@@ -184,4 +189,6 @@ def _check_attrs(attrs: Mapping[str, Any], field: str, limit: int) -> None:
             raise SpecError(field, f"keys must be at most {WORD_CHARS} characters, got one of {len(key)}")
         if value.WhichOneof("value") == "text":
             check_text(value.text, f"{field}.{key}", TEXT_CHARS)
+        elif value.WhichOneof("value") == "ints":
+            check_count(value.ints.values, f"{field}.{key}", 4)
 

@@ -55,7 +55,11 @@ def to_attr(value: Any, field: str) -> pb.AttrValue:
         return pb.AttrValue(number=float(value))
     if isinstance(value, str):
         return pb.AttrValue(text=value)
-    raise SpecError(field, f"must be a number, integer, boolean or string, got {type(value).__name__} {value!r}")
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                for v in value):
+        return pb.AttrValue(ints=pb.IntList(values=[int(v) for v in value]))
+    raise SpecError(field, f"must be a number, integer, boolean, string or list of integers, got "
+                           f"{type(value).__name__} {value!r}")
 
 
 def _fill_attrs(target: Any, attrs: Mapping[str, Any], path: str) -> None:
@@ -161,11 +165,23 @@ def _attrs(attrs: Mapping[str, Any], reserved: tuple[str, ...], path: str = "") 
     for key in reserved:
         if key in attrs:
             raise SpecError(f"{path}.attrs.{key}", f"{key!r} is a field of the layer/node, not an attribute")
-    return {k: next(iter(attrs[k].values()), None) for k in sorted(attrs)}
+    return {k: _attr_value(attrs[k]) for k in sorted(attrs)}
+
+
+def _attr_value(a: Mapping[str, Any]) -> Any:
+    """One AttrValue's JSON form as a plain value: {"integer": 3} -> 3, {"ints": {...}} -> a list."""
+    kind, value = next(iter(a.items()), (None, None))
+    return list(value.get("values", [])) if kind == "ints" else value
 
 
 def _model_to_dict(m: dict[str, Any]) -> dict[str, Any]:
-    d = {"input": m.get("input", 0), **{k: m[k] for k in ("loss", "output") if k in m}}
+    d = {"input": _input_to_dict(m), **{k: m[k] for k in ("loss", "output") if k in m}}
+    if "label_smoothing" in m:
+        d["loss"] = {"name": m.get("loss", ""), "label_smoothing": m["label_smoothing"]}
+    if m.get("recompute_ranges"):
+        d["recompute"] = [[r.get("first", ""), r.get("last", "")] for r in m["recompute_ranges"]]
+    elif m.get("recompute_every"):
+        d["recompute"] = m["recompute_every"]
     if "layers" in m:
         d["layers"] = [{"op": layer.get("op", ""), **_attrs(layer.get("attrs", {}), _RESERVED_LAYER,
                                                              f"model.layers[{i}]")}
@@ -179,6 +195,17 @@ def _model_to_dict(m: dict[str, Any]) -> dict[str, Any]:
                 node["share"] = n["share"]
             d["nodes"].append(node)
     return d
+
+
+def _input_to_dict(m: dict[str, Any]) -> Any:
+    """ModelSpec's input fields as the spec's `input`: a width, a shape, or token ids."""
+    if not m.get("input_shape"):
+        return m.get("input", 0)
+    if m.get("input") or (not m.get("input_tokens") and m.get("vocab")):
+        raise SpecError("model.input", "give either input (features) or input_shape (with input_tokens, vocab)")
+    if m.get("input_tokens"):
+        return {"shape": m["input_shape"], "dtype": "int", "vocab": m.get("vocab", 0)}
+    return m["input_shape"]
 
 
 def dict_to_job_spec(d: Mapping[str, Any], name: str | None = None) -> pb.JobSpec:
@@ -215,8 +242,25 @@ def dict_to_job_spec(d: Mapping[str, Any], name: str | None = None) -> pb.JobSpe
 
 
 def _fill_model(m: pb.ModelSpec, d: Mapping[str, Any]) -> None:
-    _set_scalars(m, d, "model", skip=("layers", "nodes"))
+    _set_scalars(m, d, "model", skip=("layers", "nodes", "input", "loss", "recompute"))
     m.SetInParent()
+    _fill_input(m, d.get("input"))
+    loss = d.get("loss")
+    if isinstance(loss, Mapping):
+        extra = sorted(set(loss) - {"name", "label_smoothing"})
+        if extra:
+            raise SpecError(f"model.loss.{extra[0]}", "unknown field; allowed: ['label_smoothing', 'name']")
+        _set_scalars(m, {"loss": loss.get("name"), "label_smoothing": loss.get("label_smoothing")}, "model.loss")
+    else:
+        _set_scalars(m, {"loss": loss}, "model")
+    recompute = d.get("recompute")
+    if isinstance(recompute, list):
+        for i, r in enumerate(recompute):
+            if not (isinstance(r, list) and len(r) == 2 and all(isinstance(s, str) for s in r)):
+                raise SpecError(f"model.recompute[{i}]", f"must be a [first, last] pair of node names, got {r!r}")
+            m.recompute_ranges.add(first=r[0], last=r[1])
+    elif recompute is not None:
+        _set_scalars(m, {"recompute_every": recompute}, "model.recompute")
     layers = d.get("layers")
     if layers is not None:
         if not isinstance(layers, list):
@@ -242,6 +286,27 @@ def _fill_model(m: pb.ModelSpec, d: Mapping[str, Any]) -> None:
             _set_scalars(node, {k: raw.get(k) for k in ("name", "op", "share")}, path)
             attrs = {k: v for k, v in raw.items() if k not in _RESERVED_NODE}
             _fill_attrs(node.attrs, attrs, path)
+
+
+def _fill_input(m: pb.ModelSpec, value: Any) -> None:
+    """The spec's `input` (a width, a shape, or {shape, dtype, vocab}) as ModelSpec fields."""
+    if value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)):
+        _set_scalars(m, {"input": value}, "model")
+        return
+    if isinstance(value, Mapping):
+        extra = sorted(set(value) - {"shape", "dtype", "vocab"})
+        if extra:
+            raise SpecError(f"model.input.{extra[0]}", "unknown field; allowed: ['dtype', 'shape', 'vocab']")
+        shape, tokens = value.get("shape"), value.get("dtype", "float") == "int"
+        _set_scalars(m, {"input_tokens": tokens, "vocab": value.get("vocab")}, "model.input")
+    else:
+        shape = value
+    shape = [shape] if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool) else shape
+    if not isinstance(shape, list) or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+                                              for s in shape):
+        raise SpecError("model.input", f"must be an integer, a list of integers or {{shape, dtype, vocab}}, "
+                                       f"got {show(value)}")
+    m.input_shape.extend(int(s) for s in shape)
 
 
 # --------------------------------------------------------------------------- tensors

@@ -39,16 +39,32 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AttrValue(_message.Message):
-    __slots__ = ("number", "integer", "flag", "text")
+    __slots__ = ("number", "integer", "flag", "text", "ints")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     INTEGER_FIELD_NUMBER: _ClassVar[int]
     FLAG_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    INTS_FIELD_NUMBER: _ClassVar[int]
     number: float
     integer: int
     flag: bool
     text: str
-    def __init__(self, number: _Optional[float] = ..., integer: _Optional[int] = ..., flag: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
+    ints: IntList
+    def __init__(self, number: _Optional[float] = ..., integer: _Optional[int] = ..., flag: _Optional[bool] = ..., text: _Optional[str] = ..., ints: _Optional[_Union[IntList, _Mapping]] = ...) -> None: ...
+
+class IntList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class NodeRange(_message.Message):
+    __slots__ = ("first", "last")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    first: str
+    last: str
+    def __init__(self, first: _Optional[str] = ..., last: _Optional[str] = ...) -> None: ...
 
 class Layer(_message.Message):
     __slots__ = ("op", "attrs")
@@ -87,18 +103,30 @@ class Node(_message.Message):
     def __init__(self, name: _Optional[str] = ..., op: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., attrs: _Optional[_Mapping[str, AttrValue]] = ..., share: _Optional[str] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("input", "loss", "layers", "nodes", "output")
+    __slots__ = ("input", "loss", "layers", "nodes", "output", "input_shape", "input_tokens", "vocab", "label_smoothing", "recompute_every", "recompute_ranges")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_RANGES_FIELD_NUMBER: _ClassVar[int]
     input: int
     loss: str
     layers: _containers.RepeatedCompositeFieldContainer[Layer]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     output: str
-    def __init__(self, input: _Optional[int] = ..., loss: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., output: _Optional[str] = ...) -> None: ...
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    input_tokens: bool
+    vocab: int
+    label_smoothing: float
+    recompute_every: int
+    recompute_ranges: _containers.RepeatedCompositeFieldContainer[NodeRange]
+    def __init__(self, input: _Optional[int] = ..., loss: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., output: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_tokens: _Optional[bool] = ..., vocab: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., recompute_every: _Optional[int] = ..., recompute_ranges: _Optional[_Iterable[_Union[NodeRange, _Mapping]]] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
     __slots__ = ("name", "params", "val_fraction", "seed")
