@@ -90,3 +90,46 @@ def test_demo_runs_end_to_end(tmp_path):
                           "--output", str(tmp_path / "w.npz")], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "validation accuracy" in out.stdout and (tmp_path / "w.npz").exists()
+
+
+def test_an_unknown_state_is_refused_with_the_list(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["jobs", "--state", "faild"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown state 'faild' (did you mean 'failed'?)" in err and "succeeded" in err
+    assert "JOB_STATE" not in err
+
+
+def test_no_server_says_how_to_start_one(capsys):
+    assert main(["jobs", "--address", "127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "no dptrain server answers at 127.0.0.1:9" in err and "dptrain serve" in err
+
+
+def test_ctrl_c_while_watching_says_the_job_goes_on(server, tmp_path):
+    import signal
+    import time
+
+    from dptrain.client import Client
+
+    spec = tmp_path / "slow.yaml"
+    spec.write_text("model: {input: 64, layers: [linear 32, tanh, linear 10], loss: cross_entropy}\n"
+                    "dataset: {name: digits}\noptimizer: {name: sgd, lr: 0.01}\nbatch_size: 32\nepochs: 400\n"
+                    "workers: 1\ncpus_per_worker: 0.25\n")
+    proc = subprocess.Popen([sys.executable, "-m", "dptrain.cli", "submit", str(spec), "--watch",
+                             "--address", server.address], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # wait until it is watching
+        lines.append(line)
+        if "submitted job" in line:
+            break
+    job_id = re.search(r"submitted job (\w+)", "".join(lines)).group(1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert f"job {job_id} is still running" in out and f"dptrain cancel {job_id}" in out
+    with Client(server.address) as c:
+        assert c.get(job_id).state in (1, 2)  # QUEUED or RUNNING: the server goes on
+        c.cancel(job_id)

@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except grpc.RpcError as e:  # a server's answer: show its status and message, not a traceback
-        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        if e.code() == grpc.StatusCode.UNAVAILABLE and getattr(args, "address", None):
+            print(f"error: no dptrain server answers at {args.address} ({e.details()}).\n"
+                  f"Start one with `dptrain serve`, or point to yours with --address or $DPTRAIN_ADDRESS.",
+                  file=sys.stderr)
+        else:
+            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 2
     except (SpecError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,10 +3,12 @@ predict, datasets."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from pathlib import Path
 
 import numpy as np
+from dptrain.store.base import STATES
 
 from .progress import console, follow, job_rows, summary
 from .specfile import load_spec
@@ -36,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec")
     p.add_argument("--name", help="label for the job (default: the spec's name or file name)")
     p.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
-    cmd("jobs", jobs, "list jobs").add_argument("--state", action="append", help="filter by state (repeatable)")
+    cmd("jobs", jobs, "list jobs").add_argument(
+        "--state", action="append", type=_state, metavar="STATE",
+        help="filter by state, repeatable: " + ", ".join(s.lower() for s in STATES))
     cmd("status", status, "show one job").add_argument("job")
     p = cmd("watch", watch, "follow a job's progress")
     p.add_argument("job")
@@ -74,14 +78,30 @@ def submit(args: argparse.Namespace) -> int:
         job = c.submit(spec, name=name)
         console.print(f"submitted job [bold]{job.id}[/bold] ({name})")
         if args.watch:
-            final = follow(c, job.id)
+            try:
+                final = follow(c, job.id)
+            except KeyboardInterrupt:  # the job is the server's: it goes on without us
+                console.print(f"\njob {job.id} is still running on the server: follow it with "
+                              f"`dptrain watch {job.id}`, stop it with `dptrain cancel {job.id}`")
+                return 130
             return 0 if final.state == 3 else 1  # SUCCEEDED
     return 0
 
 
+def _state(text: str) -> str:
+    """A job state, any case; an unknown one is refused with the list (and a near miss)."""
+    state = text.upper()
+    if state not in STATES:
+        near = difflib.get_close_matches(state, STATES, n=1)
+        hint = f" (did you mean {near[0].lower()!r}?)" if near else ""
+        raise argparse.ArgumentTypeError(f"unknown state {text!r}{hint}; states: "
+                                         + ", ".join(s.lower() for s in STATES))
+    return state
+
+
 def jobs(args: argparse.Namespace) -> int:
     with client(args) as c:
-        console.print(job_rows(c.list([s.upper() for s in args.state or []])))
+        console.print(job_rows(c.list(args.state or [])))
     return 0
 
 
