@@ -1,6 +1,7 @@
 """Every CLI command against a live server, and every example spec run to completion."""
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -133,3 +134,26 @@ def test_ctrl_c_while_watching_says_the_job_goes_on(server, tmp_path):
     with Client(server.address) as c:
         assert c.get(job_id).state in (1, 2)  # QUEUED or RUNNING: the server goes on
         c.cancel(job_id)
+
+
+def test_every_option_says_what_it_is_for():
+    from dptrain.cli.main import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if action.help is None and not isinstance(action, argparse._SubParsersAction):
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+
+    assert list(walk(build_parser(), "dptrain")) == []
+
+
+def test_unknown_names_get_a_near_miss():
+    from dptrain.engine import Model, SpecError
+
+    with pytest.raises(SpecError, match=r"unknown loss 'cross_entropi' \(did you mean 'cross_entropy'\?\)"):
+        Model({"input": 4, "layers": ["linear 2"], "loss": "cross_entropi"})
+    with pytest.raises(SpecError, match=r"unknown op 'lienar' \(did you mean 'linear'\?\)"):
+        Model({"input": 4, "layers": ["lienar"]})

@@ -12,16 +12,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cluster", help="a local multi-process cluster (Ray nodes + coordinator)")
     cmds = p.add_subparsers(dest="cluster_cmd", required=True)
     up = cmds.add_parser("up", help="start a Ray head, N-1 more nodes and the coordinator")
-    up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--cpus-per-node", type=int, default=1)
+    up.add_argument("--nodes", type=int, default=3, help="Ray nodes, the head included (default 3)")
+    up.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each node offers (default 1)")
     up.add_argument("--port", type=int, default=50051, help="the coordinator's gRPC port")
-    up.add_argument("--ray-port", type=int, default=6390)
+    up.add_argument("--ray-port", type=int, default=6390, help="the Ray head's GCS port (default 6390)")
     up.set_defaults(func=run_up)
     for name, func, text in (("down", run_down, "stop what `up` started"), ("status", run_status, "show it")):
         c = cmds.add_parser(name, help=text)
         c.set_defaults(func=func)
     for c in cmds.choices.values():
-        c.add_argument("--state-dir", type=Path, default=default_state_dir() / "cluster")
+        c.add_argument("--state-dir", type=Path, default=default_state_dir() / "cluster",
+                       help="where the cluster keeps its pids, logs and token (default ~/.dptrain/cluster)")
 
 
 def run_up(args: argparse.Namespace) -> int:

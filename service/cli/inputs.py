@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from .progress import console
-from .remote import add_connection_args, client
+from .remote import JOB_HELP, add_connection_args, client
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("saliency", help="gradients of a unit with respect to each input (.npz)")
     add_connection_args(p)
-    p.add_argument("job", help="job id (or a unique prefix)")
+    p.add_argument("job", help=JOB_HELP)
     p.add_argument("inputs", help=".npz whose array X (or its first array) holds the inputs")
     p.add_argument("-o", "--output", required=True, help=".npz to write: gradients, outputs")
     p.add_argument("--node", default="", help="node whose unit is differentiated (default: the output)")
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("visualize", help="optimise an input to excite one unit; write it as an image")
     add_connection_args(p)
-    p.add_argument("job", help="job id (or a unique prefix)")
+    p.add_argument("job", help=JOB_HELP)
     p.add_argument("--node", default="", help="node whose unit to excite (default: the output)")
     p.add_argument("--unit", type=int, required=True, help="unit index in the node's flattened output")
     p.add_argument("-o", "--output", required=True, help=".png for image inputs (C in 1 or 3), else .npz")

@@ -22,13 +22,14 @@ DEMO_JOB = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="start everything embedded and train an MLP on digits over gRPC")
-    demo.add_argument("--epochs", type=int, default=DEMO_JOB["epochs"])
+    demo.add_argument("--epochs", type=int, default=DEMO_JOB["epochs"],
+                      help=f"epochs to train (default {DEMO_JOB['epochs']})")
     demo.add_argument("--output", default="dptrain-demo-weights.npz", help="where to write the weights")
     demo.set_defaults(func=run_demo)
     gc = sub.add_parser("gradcheck", help="check a spec's backprop against finite differences")
     gc.add_argument("spec", help="YAML or JSON job or model spec")
-    gc.add_argument("--tol", type=float, default=1e-6)
-    gc.add_argument("--seed", type=int, default=0)
+    gc.add_argument("--tol", type=float, default=1e-6, help="largest relative error accepted (default 1e-6)")
+    gc.add_argument("--seed", type=int, default=0, help="seed of the weights and the random batch (default 0)")
     gc.set_defaults(func=run_gradcheck)
 
 

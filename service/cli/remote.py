@@ -13,6 +13,8 @@ from dptrain.store.base import STATES
 from .progress import console, follow, job_rows, summary
 from .specfile import load_spec
 
+JOB_HELP = "job id, or a unique prefix of one"
+
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=os.environ.get("DPTRAIN_ADDRESS", "127.0.0.1:50051"),
@@ -35,30 +37,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         return p
 
     p = cmd("submit", submit, "submit a job spec (YAML or JSON)")
-    p.add_argument("spec")
+    p.add_argument("spec", help="YAML or JSON job spec (docs/spec.md)")
     p.add_argument("--name", help="label for the job (default: the spec's name or file name)")
     p.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
     cmd("jobs", jobs, "list jobs").add_argument(
         "--state", action="append", type=_state, metavar="STATE",
         help="filter by state, repeatable: " + ", ".join(s.lower() for s in STATES))
-    cmd("status", status, "show one job").add_argument("job")
+    cmd("status", status, "show one job").add_argument("job", help=JOB_HELP)
     p = cmd("watch", watch, "follow a job's progress")
-    p.add_argument("job")
-    p.add_argument("--from-step", type=int, default=0)
-    cmd("cancel", cancel, "cancel a queued or running job").add_argument("job")
-    cmd("resume", resume, "requeue a failed or cancelled job from its newest intact checkpoint").add_argument("job")
+    p.add_argument("job", help=JOB_HELP)
+    p.add_argument("--from-step", type=int, default=0, help="replay metrics from this step (default 0: all)")
+    cmd("cancel", cancel, "cancel a queued or running job").add_argument("job", help=JOB_HELP)
+    cmd("resume", resume, "requeue a failed or cancelled job from its newest intact checkpoint").add_argument(
+        "job", help=JOB_HELP)
     p = cmd("weights", weights, "download a job's weights (.npz or .safetensors)")
-    p.add_argument("job")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("job", help=JOB_HELP)
+    p.add_argument("-o", "--output", required=True, help="file to write: .npz or .safetensors")
     p.add_argument("--step", type=int, help="a checkpointed step instead of the latest weights")
     p = cmd("predict", predict, "run a job's model on inputs from an .npz (array X)")
-    p.add_argument("job")
-    p.add_argument("inputs")
+    p.add_argument("job", help=JOB_HELP)
+    p.add_argument("inputs", help=".npz whose array X (or its first array) holds the inputs")
     p.add_argument("-o", "--output", help="write outputs to this .npz instead of printing")
     ds = sub.add_parser("datasets", help="upload and list datasets").add_subparsers(dest="ds", required=True)
     p = ds.add_parser("upload", help="upload an .npz (X, y) or .csv file")
     add_connection_args(p)
-    p.add_argument("file")
+    p.add_argument("file", help="the file: .npz (arrays X, y), .csv or .txt")
     p.add_argument("--label", help="csv: label column name or index (default: the last column)")
     p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
                    help="csv: whether the first row is a header (default: detected)")

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gRPC port (env DPTRAIN_PORT; 0: a free port)")
     p.add_argument("--state-dir", type=Path, default=None, help="job store, checkpoints, datasets "
                    "(env DPTRAIN_HOME, default ~/.dptrain)")
-    p.add_argument("--max-running-jobs", type=int, default=int(os.environ.get("DPTRAIN_MAX_RUNNING_JOBS", 1)))
+    p.add_argument("--max-running-jobs", type=int, default=int(os.environ.get("DPTRAIN_MAX_RUNNING_JOBS", 1)),
+                   help="jobs trained at once, when the cluster's CPUs allow (env DPTRAIN_MAX_RUNNING_JOBS, default 1)")
     p.add_argument("--token", default=os.environ.get("DPTRAIN_TOKEN") or None, help="bearer token (env DPTRAIN_TOKEN)")
     p.add_argument("--tls-cert", type=Path, default=os.environ.get("DPTRAIN_TLS_CERT") or None,
                    help="PEM certificate: serve TLS (with --tls-key; env DPTRAIN_TLS_CERT)")

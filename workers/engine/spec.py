@@ -20,6 +20,7 @@ Validation names the offending node and field: ``model.nodes[2] (h2).share: ...`
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -233,7 +234,10 @@ def _loss(v: Any, path: str, errs: Errors) -> tuple[str | None, dict[str, Any]]:
         v = v.get("name")
     name = ALIASES.get(v, v) if isinstance(v, str) else v
     if name not in LOSSES:
-        errs.append((path, f"unknown loss {show(v)}; choose one of {sorted(LOSSES)}"))
+        known = sorted({*LOSSES, *ALIASES})
+        near = difflib.get_close_matches(v, known, n=1) if isinstance(v, str) else []
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        errs.append((path, f"unknown loss {show(v)}{hint}; choose one of {known}"))
         return None, {}
     for key, value in options.items():
         problem = LOSSES[name].option_problem(key, value)
@@ -342,7 +346,9 @@ def _node(name: Any, op: Any, inputs: tuple[str, ...], attrs: dict[str, Any], sh
           where: str, limits: Limits, errs: Errors, check_inputs: bool = True) -> NodeSpec | None:
     """The node, or None after adding its errors to `errs`."""
     if not isinstance(op, str) or op not in OPS:
-        errs.append((f"{where}.op", f"unknown op {show(op)}; choose one of {sorted(OPS)}"))
+        near = difflib.get_close_matches(op, OPS, n=1) if isinstance(op, str) else []
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        errs.append((f"{where}.op", f"unknown op {show(op)}{hint}; choose one of {sorted(OPS)}"))
         return None
     before = len(errs)
     cls = OPS[op]
