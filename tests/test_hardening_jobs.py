@@ -219,3 +219,14 @@ def test_get_job_shows_the_epoch_ledger_live_and_after_the_job(c):
     assert [(e.epoch, e.used_once, e.duplicated, e.unused, e.complete) for e in final.epochs] == \
         [(i, 1438, 0, 0, True) for i in range(40)]
     assert final.failures == 0 and not final.workers
+
+
+def test_stream_weights_on_a_finished_job_sends_its_final_weights_then_ends(c):
+    job = c.submit(SMALL)
+    c.wait(job.id)
+    versions = list(c.stream_weights(job.id))
+    assert len(versions) == 1
+    version, step, arrays = versions[0]
+    v2, s2, final = c.weights(job.id)
+    assert (version, step) == (v2, s2)
+    assert all(arrays[k].tobytes() == final[k].tobytes() for k in final)

@@ -41,6 +41,8 @@ class TrainConfig(Spec):
 
     spec_path: ClassVar[str] = "job"
 
+    name: str | None = Field(None, max_length=bounds.NAME_CHARS,
+                             description="a label for the job (shown in lists; changes nothing else)")
     model: ModelField = Field(description="the network: sequential `layers` or a DAG of `nodes` (see below)")
     dataset: DatasetSpec = Field(description="the data source and its train/validation split")
     optimizer: OptimizerSpec = Field(description="the update rule, its hyper-parameters and schedule")
@@ -104,6 +106,8 @@ class TrainConfig(Spec):
 
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in type(self).model_fields}
+        if d["name"] is None:
+            del d["name"]
         d["model"] = self.model.to_dict()
         d["dataset"] = self.dataset.to_dict()
         d["optimizer"] = self.optimizer.to_dict()

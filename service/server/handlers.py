@@ -122,8 +122,10 @@ def stream_weights(m: JobManager, req: pb.StreamWeightsRequest, active: Callable
     if req.every_n_steps < 0:
         raise SpecError("every_n_steps", f"must be >= 0, got {req.every_n_steps}")
     rec = m.record(job_id)
-    if rec.state in TERMINAL:
-        raise NotReady(f"job {job_id} is {rec.state}; use GetWeights for its final weights")
+    if rec.state in TERMINAL:  # nothing new will come: its last weights, then the end
+        version, step, theta, model = _weights(m, job_id, None)
+        yield from convert.weights_messages(version, step, model.views(theta), max_bytes, job_id)
+        return
     every = req.every_n_steps or 1
     feed = m.weights_feed(job_id)
     model = _model(rec.spec)

@@ -159,8 +159,9 @@ class TrainerServicer:
 
     def StreamWeights(self, request, context):
         """Streams the weights as training publishes new versions, every `every_n_steps`
-        steps, until the job finishes. Each version may span several messages.
-        FAILED_PRECONDITION for a finished job: use GetWeights.
+        steps, until the job finishes. Each version may span several messages. A job that
+        has already ended sends its final (latest checkpointed) weights once, then the stream
+        ends; FAILED_PRECONDITION if it ended with no weights at all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
