@@ -157,3 +157,17 @@ def test_unknown_names_get_a_near_miss():
         Model({"input": 4, "layers": ["linear 2"], "loss": "cross_entropi"})
     with pytest.raises(SpecError, match=r"unknown op 'lienar' \(did you mean 'linear'\?\)"):
         Model({"input": 4, "layers": ["lienar"]})
+
+
+@pytest.mark.parametrize("line, want", [("dptrain sub", "submit"), ("dptrain jobs --state f", "failed")])
+def test_shell_completion(tmp_path, line, want):
+    import os
+
+    out = tmp_path / "completions"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(out), "_ARGCOMPLETE_IFS": "\n"}
+    subprocess.run([sys.executable, "-m", "dptrain.cli"], env=env, check=True, timeout=60)
+    assert want in out.read_text().split()
+    script = subprocess.run([sys.executable, "-m", "dptrain.cli", "completion", "bash"], capture_output=True,
+                            text=True, check=True, timeout=60).stdout
+    assert "dptrain" in script and "complete" in script

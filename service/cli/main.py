@@ -9,7 +9,7 @@ import grpc
 from dptrain import __version__
 from dptrain.engine import SpecError
 
-from . import cluster, inputs, local, remote, schema, serve
+from . import cluster, completion, inputs, local, remote, schema, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,11 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.register(sub)
     local.register(sub)
     schema.register(sub)
+    completion.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    completion.autocomplete(parser)  # PYTHON_ARGCOMPLETE_OK: only acts when the shell asks
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

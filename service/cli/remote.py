@@ -40,9 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="YAML or JSON job spec (docs/spec.md)")
     p.add_argument("--name", help="label for the job (default: the spec's name or file name)")
     p.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
-    cmd("jobs", jobs, "list jobs").add_argument(
+    state = cmd("jobs", jobs, "list jobs").add_argument(
         "--state", action="append", type=_state, metavar="STATE",
         help="filter by state, repeatable: " + ", ".join(s.lower() for s in STATES))
+    state.completer = lambda **_: [s.lower() for s in STATES]  # type: ignore[attr-defined]  # argcomplete
     cmd("status", status, "show one job").add_argument("job", help=JOB_HELP)
     p = cmd("watch", watch, "follow a job's progress")
     p.add_argument("job", help=JOB_HELP)
