@@ -171,3 +171,19 @@ def test_shell_completion(tmp_path, line, want):
     script = subprocess.run([sys.executable, "-m", "dptrain.cli", "completion", "bash"], capture_output=True,
                             text=True, check=True, timeout=60).stdout
     assert "dptrain" in script and "complete" in script
+
+
+def test_read_commands_speak_json(cli, tmp_path):
+    import json
+
+    out = cli("submit", str(ROOT / "examples" / "regression_mse.yaml"))
+    job = re.search(r"submitted job (\w+)", out).group(1)
+    listed = json.loads(cli("jobs", "--json"))
+    assert job in [j["id"] for j in listed] and all("state" in j for j in listed)
+    one = json.loads(cli("status", job[:8], "--json"))
+    assert one["id"] == job and one["name"] == "regression-mse"
+    np.savez(tmp_path / "d.npz", X=np.zeros((20, 3), np.float32), y=np.arange(20) % 2)
+    cli("datasets", "upload", str(tmp_path / "d.npz"))
+    sets = json.loads(cli("datasets", "ls", "--json"))
+    assert any(int(d["n"]) == 20 and int(d["n_features"]) == 3 for d in sets)  # proto3 JSON: int64 as text
+    cli("cancel", job)

@@ -40,11 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="YAML or JSON job spec (docs/spec.md)")
     p.add_argument("--name", help="label for the job (default: the spec's name or file name)")
     p.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
-    state = cmd("jobs", jobs, "list jobs").add_argument(
-        "--state", action="append", type=_state, metavar="STATE",
-        help="filter by state, repeatable: " + ", ".join(s.lower() for s in STATES))
+    p = cmd("jobs", jobs, "list jobs")
+    state = p.add_argument("--state", action="append", type=_state, metavar="STATE",
+                           help="filter by state, repeatable: " + ", ".join(s.lower() for s in STATES))
     state.completer = lambda **_: [s.lower() for s in STATES]  # type: ignore[attr-defined]  # argcomplete
-    cmd("status", status, "show one job").add_argument("job", help=JOB_HELP)
+    add_json_arg(p)
+    p = cmd("status", status, "show one job")
+    p.add_argument("job", help=JOB_HELP)
+    add_json_arg(p)
     p = cmd("watch", watch, "follow a job's progress")
     p.add_argument("job", help=JOB_HELP)
     p.add_argument("--from-step", type=int, default=0, help="replay metrics from this step (default 0: all)")
@@ -71,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=upload)
     p = ds.add_parser("ls", help="list uploaded datasets")
     add_connection_args(p)
+    add_json_arg(p)
     p.set_defaults(func=datasets)
 
 
@@ -103,15 +107,39 @@ def _state(text: str) -> str:
     return state
 
 
+def add_json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON (the API's messages) instead of a table")
+
+
+def print_json(messages) -> None:
+    """Protobuf messages as JSON with the proto's field names, one document."""
+    import json
+
+    from google.protobuf import json_format
+
+    def one(m):
+        return json_format.MessageToDict(m, preserving_proto_field_name=True)
+
+    print(json.dumps([one(m) for m in messages] if isinstance(messages, list) else one(messages), indent=2))
+
+
 def jobs(args: argparse.Namespace) -> int:
     with client(args) as c:
-        console.print(job_rows(c.list(args.state or [])))
+        listed = c.list(args.state or [])
+    if args.json:
+        print_json(listed)
+    else:
+        console.print(job_rows(listed))
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
     with client(args) as c:
-        summary(c.get(c.resolve(args.job)))
+        job = c.get(c.resolve(args.job))
+    if args.json:
+        print_json(job)
+    else:
+        summary(job)
     return 0
 
 
@@ -175,7 +203,11 @@ def datasets(args: argparse.Namespace) -> int:
 
     t = Table("id", "file", "format", "n", "features", "task")
     with client(args) as c:
-        for d in c.datasets():
-            t.add_row(d.id[:16], d.filename, d.format, str(d.n), str(d.n_features), d.task)
+        listed = list(c.datasets())
+    if args.json:
+        print_json(listed)
+        return 0
+    for d in listed:
+        t.add_row(d.id[:16], d.filename, d.format, str(d.n), str(d.n_features), d.task)
     console.print(t)
     return 0
