@@ -187,3 +187,17 @@ def test_read_commands_speak_json(cli, tmp_path):
     sets = json.loads(cli("datasets", "ls", "--json"))
     assert any(int(d["n"]) == 20 and int(d["n_features"]) == 3 for d in sets)  # proto3 JSON: int64 as text
     cli("cancel", job)
+
+
+def test_set_overrides_fields_and_validates_them(cli, tmp_path):
+    import json
+
+    base = str(ROOT / "examples" / "regression_mse.yaml")
+    out = cli("submit", base, "--set", "optimizer.lr=3e-3", "--set", "epochs=2", "--set", "dataset.params.n=500")
+    job = re.search(r"submitted job (\w+)", out).group(1)
+    spec = json.loads(cli("status", job, "--json"))["spec"]
+    assert spec["optimizer"]["lr"] == 0.003 and int(spec["epochs"]) == 2  # proto3 JSON: int64 as text
+    bad = cli("submit", base, "--set", "optimizer.lr=-1", "--set", "batch_size=big", ok=False)
+    assert "optimizer.lr" in bad and "batch_size" in bad
+    assert "expected key.path=value" in cli("submit", base, "--set", "lr", ok=False)
+    cli("cancel", job)

@@ -11,7 +11,7 @@ import numpy as np
 from dptrain.store.base import STATES
 
 from .progress import console, follow, job_rows, summary
-from .specfile import load_spec
+from .specfile import add_set_arg, load_spec
 
 JOB_HELP = "job id, or a unique prefix of one"
 
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmd("submit", submit, "submit a job spec (YAML or JSON)")
     p.add_argument("spec", help="YAML or JSON job spec (docs/spec.md)")
+    add_set_arg(p)
     p.add_argument("--name", help="label for the job (default: the spec's name or file name)")
     p.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
     p = cmd("jobs", jobs, "list jobs")
@@ -79,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def submit(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.overrides)
     name = args.name or spec.pop("name", None) or Path(args.spec).stem
     spec.pop("name", None)
     with client(args) as c:
