@@ -180,7 +180,7 @@ def test_read_commands_speak_json(cli, tmp_path):
     job = re.search(r"submitted job (\w+)", out).group(1)
     listed = json.loads(cli("jobs", "--json"))
     assert job in [j["id"] for j in listed] and all("state" in j for j in listed)
-    one = json.loads(cli("status", job[:8], "--json"))
+    one = json.loads(cli("status", job, "--json"))
     assert one["id"] == job and one["name"] == "regression-mse"
     np.savez(tmp_path / "d.npz", X=np.zeros((20, 3), np.float32), y=np.arange(20) % 2)
     cli("datasets", "upload", str(tmp_path / "d.npz"))

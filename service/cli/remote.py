@@ -80,7 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def submit(args: argparse.Namespace) -> int:
+    from dptrain.core.config import TrainConfig
+
     spec = load_spec(args.spec, args.overrides)
+    TrainConfig.from_dict(spec)  # every error of the spec at once, before anything is sent
     name = args.name or spec.pop("name", None) or Path(args.spec).stem
     spec.pop("name", None)
     with client(args) as c:
