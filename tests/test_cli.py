@@ -201,3 +201,23 @@ def test_set_overrides_fields_and_validates_them(cli, tmp_path):
     assert "optimizer.lr" in bad and "batch_size" in bad
     assert "expected key.path=value" in cli("submit", base, "--set", "lr", ok=False)
     cli("cancel", job)
+
+
+def test_predict_labels_and_probabilities(cli, server, tmp_path):
+    from dptrain.client import Client
+
+    out = cli("submit", str(ROOT / "examples" / "digits_mlp.yaml"), "--set", "epochs=1")
+    job = re.search(r"submitted job (\w+)", out).group(1)
+    with Client(server.address) as c:
+        c.wait(job)
+        X = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+        logits = c.predict(job, X)
+    np.savez(tmp_path / "in.npz", X=X)
+    cli("predict", job, str(tmp_path / "in.npz"), "--labels", "-o", str(tmp_path / "labels.npz"))
+    cli("predict", job, str(tmp_path / "in.npz"), "--proba", "-o", str(tmp_path / "proba.npz"))
+    with np.load(tmp_path / "labels.npz") as f:
+        np.testing.assert_array_equal(f["outputs"], logits.argmax(axis=1))
+    with np.load(tmp_path / "proba.npz") as f:
+        p = f["outputs"]
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(p.argmax(axis=1), logits.argmax(axis=1))

@@ -63,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job", help=JOB_HELP)
     p.add_argument("inputs", help=".npz whose array X (or its first array) holds the inputs")
     p.add_argument("-o", "--output", help="write outputs to this .npz instead of printing")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--labels", action="store_true", help="the predicted class of each input (argmax)")
+    kind.add_argument("--proba", action="store_true",
+                      help="class probabilities (softmax; sigmoid for binary_cross_entropy) instead of logits")
     ds = sub.add_parser("datasets", help="upload and list datasets").add_subparsers(dest="ds", required=True)
     p = ds.add_parser("upload", help="upload an .npz (X, y) or .csv file")
     add_connection_args(p)
@@ -181,7 +185,10 @@ def predict(args: argparse.Namespace) -> int:
     with np.load(args.inputs, allow_pickle=False) as f:
         X = f["X"] if "X" in f else f[f.files[0]]
     with client(args) as c:
-        out = c.predict(c.resolve(args.job), X)
+        job_id = c.resolve(args.job)
+        out = c.predict(job_id, X)
+        if args.labels or args.proba:
+            out = _as_classes(out, c.get(job_id).spec.model.loss, args.labels)
     if args.output:
         np.savez(args.output, outputs=out)
         console.print(f"wrote outputs {out.shape} to {args.output}")
@@ -189,6 +196,18 @@ def predict(args: argparse.Namespace) -> int:
         np.set_printoptions(precision=4, suppress=True)
         print(out)
     return 0
+
+
+def _as_classes(logits: np.ndarray, loss: str, labels: bool) -> np.ndarray:
+    """Logits as probabilities (softmax over the last axis, or a sigmoid per output for
+    binary_cross_entropy) or as the predicted class."""
+    if loss in ("binary_cross_entropy", "bce", "bce_with_logits"):
+        proba = 1.0 / (1.0 + np.exp(-logits))
+        return (proba > 0.5).astype(np.int64) if labels else proba
+    if labels:
+        return logits.argmax(axis=-1)
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def upload(args: argparse.Namespace) -> int:
