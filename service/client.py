@@ -160,6 +160,15 @@ class Client:
         req = pb.PredictRequest(job_id=job_id, inputs=convert.to_tensor("inputs", np.asarray(X)))
         return convert.from_tensor(self._call("Predict", req).outputs)
 
+    def metrics(self, job_id: str, from_step: int = 0) -> Iterator[pb.StepMetrics]:
+        """The job's recorded metrics in step order, fetched a page at a time."""
+        while True:
+            page = self._call("GetMetrics", pb.GetMetricsRequest(job_id=job_id, from_step=from_step))
+            yield from page.metrics
+            if not page.next_step:
+                return
+            from_step = page.next_step
+
     def input_gradient(self, job_id: str, X: np.ndarray, node: str = "", unit: int | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
         """(d unit / d X per example, the node's outputs): backpropagation to the data.
@@ -172,14 +181,15 @@ class Client:
 
     # --- datasets -----------------------------------------------------------------------
     def upload_dataset(self, path: str | Path, **csv_options: Any) -> pb.DatasetInfo:
-        """Upload an .npz (arrays X, y) or a .csv; csv options: label (name or index), header,
-        task, delimiter. The same bytes with the same options give back the same dataset.
+        """Upload an .npz (arrays X, y), a .txt (UTF-8 text, for the ``text`` source) or a .csv;
+        csv options: label (name or index), header, task, delimiter. The same bytes with the
+        same options give back the same dataset.
 
         The header declares the file's size and an end marker closes the stream with the
         count actually sent, so the server never keeps an upload that broke off or a file
         that changed while it was read."""
         path = Path(path)
-        fmt = "npz" if path.suffix == ".npz" else "csv"
+        fmt = {".npz": "npz", ".txt": "txt"}.get(path.suffix.lower(), "csv")
         header = pb.DatasetHeader(filename=path.name, format=fmt, size_bytes=path.stat().st_size)
         label = csv_options.pop("label", None)
         if isinstance(label, int):

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from dptrain.cli import main
+from dptrain.rpc import pb
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -221,3 +223,58 @@ def test_predict_labels_and_probabilities(cli, server, tmp_path):
         p = f["outputs"]
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(p.argmax(axis=1), logits.argmax(axis=1))
+
+
+def test_metrics_history_as_csv_json_and_a_plot(cli, server, tmp_path):
+    import csv
+    import io
+    import json
+
+    from dptrain.client import Client
+
+    out = cli("submit", str(ROOT / "examples" / "digits_mlp.yaml"), "--set", "epochs=2", "--set", "val_every=5")
+    job = re.search(r"submitted job (\w+)", out).group(1)
+    with Client(server.address) as c:
+        final = c.wait(job)
+        paged = list(c.metrics(job))
+        steps, start = [], 0
+        while True:  # small pages: each continues where the last stopped
+            page = c.stub.GetMetrics(pb.GetMetricsRequest(job_id=job, from_step=start, page_size=7))
+            steps += [m.step for m in page.metrics]
+            if not page.next_step:
+                break
+            start = page.next_step
+        with pytest.raises(grpc.RpcError, match="page_size"):
+            c.stub.GetMetrics(pb.GetMetricsRequest(job_id=job, page_size=10_001))
+    assert [m.step for m in paged] == list(range(1, final.total_steps + 1)) == steps  # every step, in order
+    table = list(csv.DictReader(io.StringIO(cli("metrics", job, "--csv"))))
+    assert len(table) == final.total_steps and float(table[0]["loss"]) == pytest.approx(paged[0].loss)
+    assert table[4]["val_loss"] and not table[3]["val_loss"]  # validation every 5 steps
+    lines = [json.loads(x) for x in cli("metrics", job, "--json", "--from-step", "10").splitlines()]
+    assert lines[0]["step"] == 10
+    cli("plot", job, "-o", str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prometheus_has_each_running_jobs_loss_and_accuracy(server):
+    """The same registry the metrics port serves: a running job's series, gone when it ends."""
+    import time
+
+    from dptrain.client import Client
+    from prometheus_client import REGISTRY, generate_latest
+
+    with Client(server.address) as c:
+        job = c.submit({"model": {"input": 64, "layers": ["linear 32", "tanh", "linear 10"], "loss": "cross_entropy"},
+                        "dataset": {"name": "digits", "val_fraction": 0.2}, "optimizer": {"name": "sgd", "lr": 0.01},
+                        "batch_size": 32, "epochs": 400, "val_every": 5, "workers": 1, "cpus_per_worker": 0.25}).id
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline and f'dptrain_job_val_accuracy{{job="{job}"}}' not in text:
+            time.sleep(0.2)
+            text = generate_latest(REGISTRY).decode()
+        for name in ("step", "loss", "accuracy", "val_loss", "val_accuracy"):
+            assert f'dptrain_job_{name}{{job="{job}"}}' in text, name
+        c.cancel(job)
+        c.wait(job)
+    time.sleep(0.5)
+    assert f'job="{job}"' not in generate_latest(REGISTRY).decode()

@@ -9,7 +9,7 @@ import grpc
 from dptrain import __version__
 from dptrain.engine import SpecError
 
-from . import cluster, completion, inputs, local, remote, schema, serve
+from . import cluster, completion, inputs, local, metrics, remote, schema, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     remote.register(sub)
     inputs.register(sub)
+    metrics.register(sub)
     cluster.register(sub)
     local.register(sub)
     schema.register(sub)

@@ -166,6 +166,24 @@ def predict(m: JobManager, req: pb.PredictRequest, max_rows: int) -> pb.PredictR
                               version=version, step=step)
 
 
+METRICS_PAGE = (1000, 10_000)  # default and largest page of GetMetrics
+
+
+def get_metrics(m: JobManager, req: pb.GetMetricsRequest) -> pb.GetMetricsResponse:
+    """One page of the stored history (what checkpoints and the 1 s flush have written)."""
+    job_id = bounds.check_job_id(req.job_id)
+    if req.from_step < 0:
+        raise SpecError("from_step", f"must be >= 0, got {req.from_step}")
+    if not 0 <= req.page_size <= METRICS_PAGE[1]:
+        raise SpecError("page_size", f"must be in [0, {METRICS_PAGE[1]}], got {req.page_size}")
+    size = req.page_size or METRICS_PAGE[0]
+    rows = m.store.metrics(job_id, req.from_step, limit=size + 1)
+    resp = pb.GetMetricsResponse(metrics=[convert.metrics_to_pb(d) for _, d in rows[:size]])
+    if len(rows) > size:
+        resp.next_step = rows[size][0]
+    return resp
+
+
 def input_gradient(m: JobManager, req: pb.InputGradientRequest, max_rows: int) -> pb.InputGradientResponse:
     """d(unit)/d(inputs) per example: backpropagation to the data, with the latest weights."""
     job_id = bounds.check_job_id(req.job_id)

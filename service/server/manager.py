@@ -257,7 +257,7 @@ class JobManager:
                 d = m.as_dict()
                 feed.add_metrics(m.step, metrics_event(job_id, d))
                 history.add(m.step, d)
-                prom.observe_step(m)
+                prom.observe_step(m, job_id)
                 every = config.checkpoint_every
                 if every and m.step % every == 0 and not trainer.done:
                     self._checkpoint(job_id, trainer, history)
@@ -275,6 +275,7 @@ class JobManager:
             self.trainers.pop(job_id, None)
             self.earlier_failures.pop(job_id, None)
             weights.close()
+            prom.forget_job(job_id)
             with self.lock:
                 self.weights.pop(job_id, None)
                 self.running.pop(job_id, None)

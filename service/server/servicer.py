@@ -143,6 +143,10 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         return h.predict(self.manager, request, self.limits.max_predict_rows)
 
     @unary
+    def GetMetrics(self, request, context):
+        return h.get_metrics(self.manager, request)
+
+    @unary
     def InputGradient(self, request, context):
         return h.input_gradient(self.manager, request, self.limits.max_predict_rows)
 

@@ -311,8 +311,8 @@ class JobStore(ABC):
         """
 
     @abstractmethod
-    def metrics(self, job_id: str, from_step: int = 0) -> list[tuple[int, dict[str, Any]]]:
-        """Recorded metrics of steps >= ``from_step``, in step order."""
+    def metrics(self, job_id: str, from_step: int = 0, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """Recorded metrics of steps >= ``from_step``, in step order; at most ``limit`` of them."""
 
     @abstractmethod
     def unfinished(self) -> list[JobRecord]:

@@ -112,11 +112,12 @@ class MemoryJobStore(JobStore):
                 self._jobs[job_id] = replace(rec, step=int(step), last_metrics=copy.deepcopy(last),
                                              epoch=int(last.get("epoch", rec.epoch)))
 
-    def metrics(self, job_id: str, from_step: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    def metrics(self, job_id: str, from_step: int = 0, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
         with self._lock:
             self._record(job_id)
             history = self._metrics[job_id]
-            return [(s, copy.deepcopy(history[s])) for s in sorted(history) if s >= from_step]
+            steps = [s for s in sorted(history) if s >= from_step][:limit]
+            return [(s, copy.deepcopy(history[s])) for s in steps]
 
     def unfinished(self) -> list[JobRecord]:
         with self._lock:

@@ -281,11 +281,11 @@ class SqliteJobStore(JobStore):
             c.execute("UPDATE jobs SET step = ?, last_metrics = ?, epoch = ? WHERE id = ?",
                       (int(last_step), rows[-1][2], int(last.get("epoch", rec.epoch)), job_id))
 
-    def metrics(self, job_id: str, from_step: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    def metrics(self, job_id: str, from_step: int = 0, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
         with self._reading() as c:
             self._get(c, job_id)
-            rows = self._read("SELECT step, data FROM metrics WHERE job_id = ? AND step >= ? ORDER BY step",
-                              (job_id, int(from_step)))
+            rows = self._read("SELECT step, data FROM metrics WHERE job_id = ? AND step >= ? ORDER BY step LIMIT ?",
+                              (job_id, int(from_step), -1 if limit is None else int(limit)))
         return [(step, json.loads(data)) for step, data in rows]
 
     def unfinished(self) -> list[JobRecord]:

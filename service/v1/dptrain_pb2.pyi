@@ -465,6 +465,24 @@ class PredictResponse(_message.Message):
     step: int
     def __init__(self, outputs: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
 
+class GetMetricsRequest(_message.Message):
+    __slots__ = ("job_id", "from_step", "page_size")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    from_step: int
+    page_size: int
+    def __init__(self, job_id: _Optional[str] = ..., from_step: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class GetMetricsResponse(_message.Message):
+    __slots__ = ("metrics", "next_step")
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_STEP_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedCompositeFieldContainer[StepMetrics]
+    next_step: int
+    def __init__(self, metrics: _Optional[_Iterable[_Union[StepMetrics, _Mapping]]] = ..., next_step: _Optional[int] = ...) -> None: ...
+
 class InputGradientRequest(_message.Message):
     __slots__ = ("job_id", "inputs", "node", "unit")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

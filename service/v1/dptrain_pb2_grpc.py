@@ -81,6 +81,11 @@ class TrainerStub:
                 request_serializer=dptrain_dot_v1_dot_dptrain__pb2.PredictRequest.SerializeToString,
                 response_deserializer=dptrain_dot_v1_dot_dptrain__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/dptrain.v1.Trainer/GetMetrics',
+                request_serializer=dptrain_dot_v1_dot_dptrain__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=dptrain_dot_v1_dot_dptrain__pb2.GetMetricsResponse.FromString,
+                _registered_method=True)
         self.InputGradient = channel.unary_unary(
                 '/dptrain.v1.Trainer/InputGradient',
                 request_serializer=dptrain_dot_v1_dot_dptrain__pb2.InputGradientRequest.SerializeToString,
@@ -182,6 +187,14 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetrics(self, request, context):
+        """A job's recorded metrics (every step's training metrics, and validation where it ran),
+        in step order, a page at a time: ask again from `next_step` until it is 0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def InputGradient(self, request, context):
         """Backpropagation to the data: the gradient of one output unit (of the output node or
         any other) with respect to each input, for saliency maps and for optimising an input
@@ -255,6 +268,11 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=dptrain_dot_v1_dot_dptrain__pb2.PredictRequest.FromString,
                     response_serializer=dptrain_dot_v1_dot_dptrain__pb2.PredictResponse.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=dptrain_dot_v1_dot_dptrain__pb2.GetMetricsRequest.FromString,
+                    response_serializer=dptrain_dot_v1_dot_dptrain__pb2.GetMetricsResponse.SerializeToString,
             ),
             'InputGradient': grpc.unary_unary_rpc_method_handler(
                     servicer.InputGradient,
@@ -516,6 +534,33 @@ class Trainer:
             '/dptrain.v1.Trainer/Predict',
             dptrain_dot_v1_dot_dptrain__pb2.PredictRequest.SerializeToString,
             dptrain_dot_v1_dot_dptrain__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dptrain.v1.Trainer/GetMetrics',
+            dptrain_dot_v1_dot_dptrain__pb2.GetMetricsRequest.SerializeToString,
+            dptrain_dot_v1_dot_dptrain__pb2.GetMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
