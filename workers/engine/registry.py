@@ -6,6 +6,7 @@ from . import elementwise as ew
 from .batchnorm import BatchNorm
 from .dropout import Dropout
 from .layers import Linear, PReLU
+from .norm import GroupNorm, LayerNorm
 from .op import Op
 
 OPS: dict[str, type[Op]] = {
@@ -15,6 +16,7 @@ OPS: dict[str, type[Op]] = {
     "add": ew.Add, "sub": ew.Sub, "mul": ew.Mul, "div": ew.Div, "concat": ew.Concat,
     "exp": ew.Exp, "log": ew.Log, "sin": ew.Sin, "cos": ew.Cos, "pow": ew.Pow, "slice": ew.Slice,
     "dropout": Dropout, "batch_norm": BatchNorm,
+    "layer_norm": LayerNorm, "group_norm": GroupNorm,
 }
 
 # "linear 512", "leaky_relu 0.1", "pow 2": the attribute a bare argument sets.
