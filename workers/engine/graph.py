@@ -86,7 +86,7 @@ def build_graph(spec: ModelSpec, limits: Limits = Limits()) -> Graph:
     ops: dict[str, Op] = {}
     for node in order:
         op = OPS[node.op](**node.attrs)
-        op.name = node.name
+        op.name, op.vocab = node.name, spec.input.vocab
         where = _where(spec, node)
         ints = [i == INPUT and spec.input.dtype == "int" for i in node.inputs]
         if any(ints) != op.int_input:
@@ -137,7 +137,8 @@ def _layout(spec, order, ops, shapes) -> tuple[list[ParamInfo], dict[str, dict[s
     """Assign each parameter tensor a slice of the flat buffer, in spec order.
 
     A node with ``share: other`` owns no tensors: it maps its parameter names onto the
-    other node's, after checking that op and shapes agree.
+    other node's, after checking that the ops agree (the same op, or one its `shares_with`
+    names: unembed ties to an embedding) and so do the shapes.
     """
     by_name = {n.name: n for n in spec.nodes}
     consumers: dict[str, list[str]] = {n.name: [] for n in spec.nodes}
@@ -166,7 +167,7 @@ def _layout(spec, order, ops, shapes) -> tuple[list[ParamInfo], dict[str, dict[s
             raise SpecError(where, f"unknown node {show(node.share)}")
         if root.share is not None:
             raise SpecError(where, f"{root.name!r} shares parameters itself; name the owner {root.share!r}")
-        if root.op != node.op or shapes[root.name] != shapes[node.name]:
+        if root.op not in (node.op, *OPS[node.op].shares_with) or shapes[root.name] != shapes[node.name]:
             raise SpecError(where, f"parameters differ: {node.op} {shapes[node.name]} vs "
                                    f"{root.op} {shapes[root.name]} of {root.name!r}")
         if not shapes[node.name]:

@@ -76,6 +76,7 @@ class Op:
     required_attrs: ClassVar[tuple[str, ...]] = ()
     attr_bounds: ClassVar[dict[str, float]] = {}  # numeric attribute -> largest |value| (default ATTR_BOUND)
     attr_kinds: ClassVar[dict[str, str]] = {}  # attribute -> kind (`dptrain.engine.attrs.KINDS`); else a number
+    shares_with: ClassVar[tuple[str, ...]] = ()  # other ops whose parameters `share` may name (unembed: embedding)
 
     def __init__(self, **attrs: Any) -> None:
         self.attrs = {**self.attr_defaults, **attrs}
@@ -83,6 +84,7 @@ class Op:
         self.dtype: np.dtype = np.dtype(np.float32)
         self.ctx: Context | None = None  # set by the model before each forward pass
         self.name = ""  # the node's name (the graph sets it); keys dropout's masks
+        self.vocab: int | None = None  # the model input's token vocabulary (the graph sets it; embedding reads it)
 
     # --- shapes -----------------------------------------------------------------
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:

@@ -8,6 +8,7 @@ from .dropout import Dropout
 from .layers import Linear, PReLU
 from .norm import GroupNorm, LayerNorm
 from .op import Op
+from .sequence import Embedding, MatMul, PosEmbedding, Softmax, Unembed
 
 OPS: dict[str, type[Op]] = {
     "linear": Linear, "prelu": PReLU,
@@ -17,6 +18,7 @@ OPS: dict[str, type[Op]] = {
     "exp": ew.Exp, "log": ew.Log, "sin": ew.Sin, "cos": ew.Cos, "pow": ew.Pow, "slice": ew.Slice,
     "dropout": Dropout, "batch_norm": BatchNorm,
     "layer_norm": LayerNorm, "group_norm": GroupNorm,
+    "embedding": Embedding, "unembed": Unembed, "pos_embedding": PosEmbedding, "matmul": MatMul, "softmax": Softmax,
 }
 
 # "linear 512", "leaky_relu 0.1", "pow 2": the attribute a bare argument sets.
