@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dptrain.engine import Model, SpecError, gradcheck
+from dptrain.engine.sequence import scatter_add_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-SETTINGS = settings(max_examples=12, deadline=None)
+SETTINGS = settings(max_examples=25, deadline=None)
 
 
 def _against_torch(spec, X, ref, seed=0, rtol=1e-10):
@@ -168,3 +169,117 @@ def test_sequence_spec_errors_are_named():
         Model({"input": _tokens(8, 5), "nodes": [{"name": "emb", "op": "embedding", "inputs": "x", "dim": 4},
                                                  {"name": "out", "op": "linear", "inputs": "emb", "units": 4,
                                                   "share": "emb"}]})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_embedding_gradient_has_np_add_ats_bits(dtype):
+    """The scatter-add sums each id's rows in position order, as np.add.at does."""
+    rng = np.random.default_rng(4)
+    ids, rows = rng.integers(0, 50, 3000), rng.standard_normal((3000, 7)).astype(dtype)
+    want = np.zeros((60, 7), dtype)
+    np.add.at(want, ids, rows)
+    np.testing.assert_array_equal(scatter_add_rows(ids, rows, np.full((60, 7), np.nan, dtype)), want)
+
+
+# --- attention ------------------------------------------------------------------------------------
+
+def _torch_attention(heads, causal):
+    """A hand-written reference: x (..., T, D) and the op's parameters in its order."""
+    def ref(x, Wq, Wk, Wv, Wo, bq=0.0, bk=0.0, bv=0.0, bo=0.0):
+        *lead, T, D = x.shape
+        dh = D // heads
+
+        def split(t):
+            return t.reshape(*lead, T, heads, dh).transpose(-2, -3)  # (..., heads, T, dh)
+
+        q, k, v = split(x @ Wq + bq), split(x @ Wk + bk), split(x @ Wv + bv)
+        s = q @ k.transpose(-1, -2) / dh ** 0.5
+        if causal:
+            s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        return (F.softmax(s, -1) @ v).transpose(-2, -3).reshape(*lead, T, D) @ Wo + bo
+    return ref
+
+
+@SETTINGS
+@given(lead=st.lists(st.integers(1, 2), max_size=1), T=st.integers(1, 6), heads=st.integers(1, 3),
+       dh=st.integers(1, 3), causal=st.booleans(), bias=st.booleans(), seed=st.integers(0, 1000))
+def test_attention_is_pytorchs(lead, T, heads, dh, causal, bias, seed):
+    X = np.random.default_rng(seed).standard_normal((3, *lead, T, heads * dh))
+    spec = {"input": [*lead, T, heads * dh], "layers": [{"op": "attention", "heads": heads, "causal": causal,
+                                                         "bias": bias}]}
+    m = _against_torch(spec, X, _torch_attention(heads, causal), seed)
+    if causal:  # masked positions: exactly zero probability
+        P = m.graph.ops["attention0"].P
+        assert not P[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]].any()
+        np.testing.assert_allclose(P.sum(-1), 1, rtol=1e-14)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_is_nn_multihead_attention_with_the_same_weights(causal):
+    T, D, heads = 6, 8, 2
+    mha = torch.nn.MultiheadAttention(D, heads, batch_first=True).double()
+    mask = torch.ones(T, T, dtype=torch.bool).triu(1) if causal else None
+
+    def ref(x, Wq, Wk, Wv, Wo, bq, bk, bv, bo):
+        state = {"in_proj_weight": torch.cat([Wq, Wk, Wv], 1).T, "in_proj_bias": torch.cat([bq, bk, bv]),
+                 "out_proj.weight": Wo.T, "out_proj.bias": bo}
+        out, _ = torch.func.functional_call(mha, state, (x, x, x), {"attn_mask": mask, "need_weights": False})
+        return out
+
+    X = np.random.default_rng(5).standard_normal((4, T, D))
+    _against_torch({"input": [T, D], "layers": [{"op": "attention", "heads": heads, "causal": causal}]}, X, ref)
+
+
+@SETTINGS
+@given(T=st.integers(1, 4), heads=st.integers(1, 2), dh=st.integers(1, 3), causal=st.booleans(),
+       bias=st.booleans(), seed=st.integers(0, 1000))
+def test_attention_matches_finite_differences(T, heads, dh, causal, bias, seed):
+    _gradcheck_ok({"input": [T, heads * dh], "layers": [
+        {"op": "attention", "heads": heads, "causal": causal, "bias": bias}], "loss": "mse"}, seed)
+
+
+def _block(T=5, vocab=7, D=8, heads=2):
+    """A 1-layer pre-norm transformer language model, its output projection tied to the embedding."""
+    return {"input": _tokens(T, vocab), "loss": "cross_entropy", "output": "logits", "nodes": [
+        {"name": "emb", "op": "embedding", "inputs": "x", "dim": D},
+        {"name": "h0", "op": "pos_embedding", "inputs": "emb"},
+        {"name": "ln1", "op": "layer_norm", "inputs": "h0"},
+        {"name": "att", "op": "attention", "inputs": "ln1", "heads": heads, "causal": True},
+        {"name": "h1", "op": "add", "inputs": ["h0", "att"]},
+        {"name": "ln2", "op": "layer_norm", "inputs": "h1"},
+        {"name": "fc1", "op": "linear", "inputs": "ln2", "units": 4 * D},
+        {"name": "act", "op": "gelu", "inputs": "fc1"},
+        {"name": "fc2", "op": "linear", "inputs": "act", "units": D},
+        {"name": "h2", "op": "add", "inputs": ["h1", "fc2"]},
+        {"name": "ln3", "op": "layer_norm", "inputs": "h2"},
+        {"name": "logits", "op": "unembed", "inputs": "ln3", "share": "emb"}]}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_transformer_block_matches_finite_differences(seed):
+    m = Model(_block(), dtype=np.float64)
+    assert m.output_shape == (5, 7) and "logits.W" not in {p.name for p in m.params}
+    report = gradcheck(_block(), seed=seed, n=3, max_per_tensor=30)
+    assert report.ok(), "\n".join(report.lines())
+
+
+def test_causal_attention_sees_no_future_token():
+    """Changing the last token changes no earlier position's logits."""
+    m = Model(_block(), dtype=np.float64)
+    theta = m.init_params(0)
+    X = np.random.default_rng(6).integers(0, 7, (2, 5))
+    before = m.forward(theta, X).copy()
+    X[:, -1] = (X[:, -1] + 1) % 7
+    after = m.forward(theta, X)
+    np.testing.assert_array_equal(after[:, :-1], before[:, :-1])
+    assert (after[:, -1] != before[:, -1]).any()
+
+
+def test_attention_spec_errors_are_named():
+    with pytest.raises(SpecError, match=r"model.layers\[0\] \(attention0\).inputs: heads 3 must divide the width "
+                                        r"D = 8"):
+        Model({"input": [4, 8], "layers": [{"op": "attention", "heads": 3}]})
+    with pytest.raises(SpecError, match=r"model.layers\[0\] \(attention0\).inputs: attention needs a sequence"):
+        Model({"input": 8, "layers": [{"op": "attention", "heads": 2}]})
+    with pytest.raises(SpecError, match=r"model.layers\[0\].causal: must be true or false"):
+        Model({"input": [4, 8], "layers": [{"op": "attention", "heads": 2, "causal": 1}]})

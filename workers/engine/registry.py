@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import activations as act
 from . import elementwise as ew
+from .attention import Attention
 from .batchnorm import BatchNorm
 from .dropout import Dropout
 from .layers import Linear, PReLU
@@ -19,6 +20,7 @@ OPS: dict[str, type[Op]] = {
     "dropout": Dropout, "batch_norm": BatchNorm,
     "layer_norm": LayerNorm, "group_norm": GroupNorm,
     "embedding": Embedding, "unembed": Unembed, "pos_embedding": PosEmbedding, "matmul": MatMul, "softmax": Softmax,
+    "attention": Attention,
 }
 
 # "linear 512", "leaky_relu 0.1", "pow 2": the attribute a bare argument sets.

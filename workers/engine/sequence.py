@@ -35,6 +35,25 @@ def softmax_backward(p: Array, g_out: Array, g_in: Array, tmp: Array) -> Array:
     return g_in
 
 
+def scatter_add_rows(ids: Array, rows: Array, out: Array) -> Array:
+    """out[v] <- the sum of rows[j] over the positions j with ids[j] = v, in increasing j.
+
+    The sums np.add.at(zeros, ids, rows) forms, bit for bit (each starts at 0 and adds its
+    rows in position order), ~10x faster: a one-hot CSR matrix, its row v listing v's
+    positions in order (a stable sort), times `rows`; scipy's CSR product accumulates each
+    output row sequentially over that list.
+    """
+    from scipy import sparse  # on first use: importing scipy.sparse takes ~0.15 s
+
+    vocab, n = out.shape[0], ids.size
+    indptr = np.zeros(vocab + 1, dtype=np.int64)
+    np.cumsum(np.bincount(ids, minlength=vocab), out=indptr[1:])
+    onehot = sparse.csr_matrix((np.ones(n, dtype=rows.dtype), np.argsort(ids, kind="stable"), indptr),
+                               shape=(vocab, n))
+    np.copyto(out, onehot @ rows)
+    return out
+
+
 def _model_vocab(op: Op) -> int:
     if op.vocab is None:
         raise ValueError("needs the model input's vocabulary: declare the input as token ids, "
@@ -47,8 +66,8 @@ class Embedding(Op):
 
     Attributes: `dim` (required). Reads the model input's token ids, any shape (T,) ->
     (T, dim). W is (vocab, dim), vocab the input's, init N(0, 1) as PyTorch. Backward:
-    g_W[v] = the sum of g_out over the positions holding id v, accumulated by np.add.at
-    in position order (sequential, so deterministic); ids get no gradient. Tie it to the
+    g_W[v] = the sum of g_out over the positions holding id v, added in position order
+    (`scatter_add_rows`: deterministic, np.add.at's bits); ids get no gradient. Tie it to the
     output projection with an `unembed` node that has ``share: <this node>``.
     """
 
@@ -77,8 +96,7 @@ class Embedding(Op):
 
     def backward(self, g_out, need, into=None):
         g_W = self.grad_dest(into, "W", self.W_shape)
-        g_W.fill(0)
-        np.add.at(g_W, self.ids.ravel(), g_out.reshape(-1, self.W_shape[1]))
+        scatter_add_rows(self.ids.ravel(), g_out.reshape(-1, self.W_shape[1]), g_W)
         return [None], {"W": g_W}
 
 
