@@ -132,7 +132,7 @@ class Attention(Op):
         np.matmul(self.P.swapaxes(-1, -2), g_ctx_h, out=g_v)
         g_s = self.buf("g_s", self.P.shape)
         np.matmul(g_ctx_h, v.swapaxes(-1, -2), out=g_s)
-        softmax_backward(self.P, g_s, g_s, self.buf("tmp", self.P.shape))
+        softmax_backward(self.P, g_s, g_s)
         np.matmul(g_s, k, out=g_q)
         np.matmul(g_s.swapaxes(-1, -2), q, out=g_k)
         g_wcat = self.buf("g_wcat", (D, 3 * D))
