@@ -63,7 +63,7 @@ def _model_vocab(op: Op) -> int:
 
 
 class Embedding(Op):
-    """out[..., :] = W[id]: a learned vector of `dim` values per token id (PyTorch's nn.Embedding).
+    """out = W[id]: a learned `dim`-vector per token id, W (the input's vocab, dim), init N(0, 1) (nn.Embedding).
 
     Attributes: `dim` (required). Reads the model input's token ids, any shape (T,) ->
     (T, dim). W is (vocab, dim), vocab the input's, init N(0, 1) as PyTorch. Backward:
@@ -102,7 +102,7 @@ class Embedding(Op):
 
 
 class Unembed(Op):
-    """logits = h W^T over the last axis, W (vocab, dim): the output projection onto the tokens.
+    """logits = h W^T, W (the input's vocab, dim): the output projection; `share: <embedding node>` ties it.
 
     No attributes: vocab is the model input's and dim the input's last axis; no bias, so
     W has an embedding's shape and ``share: <embedding node>`` ties the two (weight tying,
