@@ -84,7 +84,7 @@ def test_model_and_dataset_must_fit(job, field):
     ({**JOB, "drop_last": "yes"}, "job.drop_last"),
     ({**JOB, "colour": 1}, "job.colour"),
     ({**JOB, "optimizer": {"name": "adam", "lr": -1}}, "optimizer.lr"),
-    ({**JOB, "dataset": {"name": "mnist"}}, "dataset.name"),
+    ({**JOB, "dataset": {"name": "cifar10"}}, "dataset.name"),
     ({k: v for k, v in JOB.items() if k != "model"}, "model"),
 ])
 def test_job_fields_are_validated_by_name(job, field):

@@ -338,14 +338,15 @@ def test_spec_error_format_and_fields():
 
 
 @pytest.mark.parametrize("d, field, match", [
-    ({"name": "mnist"}, "name",
-     r"must be one of 'digits', 'teacher', 'spirals', 'blobs', 'regression', 'npz' or 'csv', got 'mnist'"),
+    ({"name": "cifar10"}, "name",
+     r"must be one of 'digits', 'teacher', 'spirals', 'blobs', 'regression', 'npz', 'csv', 'mnist', 'shapes', "
+     r"'sequence' or 'text', got 'cifar10'"),
     ({"params": {}}, "name", r"is required"),
     ({"name": "blobs", "shuffle": True}, "shuffle", r"unknown field; allowed: name, params, seed, val_fraction"),
     ({"name": "blobs", "params": {"m": 1}}, "params.m",
      r"unknown field; allowed for 'blobs': classes, d, n, seed, spread"),
     ({"name": "blobs", "params": {"clases": 1}}, "params.clases", r"unknown field \(did you mean 'classes'\?\)"),
-    ({"name": "digits", "params": {"n": 1}}, "params.n", r"allowed for 'digits': \(none\)"),
+    ({"name": "digits", "params": {"n": 1}}, "params.n", r"allowed for 'digits': image$"),
     ({"name": "blobs", "params": [1]}, "params", r"must be a mapping"),
     ({"name": "blobs", "params": {"n": True}}, "params.n", r"positive integer, got True"),
     ({"name": "blobs", "params": {"n": 2.0}}, "params.n", r"positive integer, got 2.0"),

@@ -9,16 +9,18 @@ Usage::
     from dptrain.data import DatasetSpec, load_dataset
     train, val = load_dataset(DatasetSpec.from_dict(cfg["dataset"]), dtype=np.float32)
 
-Sources: digits, teacher, spirals, blobs, regression (synthetic, seeded) and
-npz, csv (user files). ``SOURCES`` holds each one's parameters (``PARAM_SCHEMAS``, pydantic
-models: types, defaults, bounds), loader and shape; docs/spec.md lists them.
+Sources: digits, teacher, spirals, blobs, regression (built in or synthetic, seeded), mnist
+and shapes (images), sequence (a synthetic sequence task), and npz, csv, text (user files).
+``SOURCES`` holds each one's parameters (``PARAM_SCHEMAS``, pydantic models: types, defaults,
+bounds), loader and shape; docs/spec.md lists them.
 """
 
 from .dataset import CLASSIFICATION, REGRESSION, Dataset, Layout, train_val_split
 from .files import from_arrays
 from .limits import MAX_FILE_BYTES, MAX_VALUES, DataLimits
 from .loader import LOADERS, MAX_EXAMPLES, MAX_FEATURES, SOURCES, Source, check_limits, load_dataset
-from .spec import MAX_CLASSES, PARAM_SCHEMAS, DatasetSpec, SpecError
+from .sequences import Text, read_text, text_layout
+from .spec import MAX_CLASSES, MAX_VOCAB, PARAM_SCHEMAS, DatasetSpec, SpecError
 
 __all__ = [
     "CLASSIFICATION",
@@ -41,4 +43,8 @@ __all__ = [
     "MAX_VALUES",
     "MAX_FILE_BYTES",
     "MAX_CLASSES",
+    "MAX_VOCAB",
+    "Text",
+    "read_text",
+    "text_layout",
 ]

@@ -34,6 +34,8 @@ MAX_LINE_CHARS = 1 << 22
 """Longest CSV line (100k features of 40 characters): bounds what one row may cost before it is checked."""
 BLOCK_CELLS = 1 << 16
 """CSV values converted at a time: the text of a whole file is never held at once."""
+MAX_EXAMPLE_AXES = 3
+"""Axes of one example in an .npz: (features,), (tokens,) or (channels, height, width)."""
 
 
 class _Bad(ValueError):
@@ -60,37 +62,43 @@ def _check_finite(a: np.ndarray, what: str) -> None:
         raise _Bad(f"{what} has a non-finite value (NaN/inf, or too large for the dtype) in row {_first_bad_row(bad)}")
 
 
-def _labels(y: np.ndarray, what: str) -> tuple[np.ndarray, int]:
-    """Validate class labels (integral, in [0, MAX_CLASSES)) and return them as int64 with n_classes."""
-    if y.ndim != 1:
+def _labels(y: np.ndarray, what: str, per_position: bool = False, kind: str = "class label") -> tuple[np.ndarray, int]:
+    """Validate class labels (integral, in [0, MAX_CLASSES)) and return them as int64 with n_classes;
+    one per example, or with ``per_position`` one per token (any shape; ``kind``: what they are)."""
+    if y.ndim != 1 and not per_position:
         raise _Bad(f"{what} holds class labels and must be 1-D, got shape {y.shape}")
     if y.dtype.kind == "f":
         _check_finite(y, what)
         if (y != np.floor(y)).any():
-            raise _Bad(f"{what} has a non-integer class label in row {_first_bad_row(y != np.floor(y))}")
+            raise _Bad(f"{what} has a non-integer {kind} in row {_first_bad_row(y != np.floor(y))}")
     if (y < 0).any():
-        raise _Bad(f"{what} has a negative class label in row {_first_bad_row(y < 0)}; labels must be >= 0")
+        raise _Bad(f"{what} has a negative {kind} in row {_first_bad_row(y < 0)}; {kind}s must be >= 0")
     top = int(y.max())
     if top >= MAX_CLASSES:
-        raise _Bad(f"{what} has class label {top}; labels must be < {MAX_CLASSES}")
+        raise _Bad(f"{what} has {kind} {top}; {kind}s must be < {MAX_CLASSES}")
     return y.astype(np.int64), top + 1
 
 
 def from_arrays(X: np.ndarray, y: np.ndarray, dtype: np.dtype, name: str, task: str | None = None) -> Dataset:
     """Check user arrays and convert them to the engine layout.
 
-    The task follows ``y``'s dtype unless forced: integer (or bool) labels mean
-    classification with ``n_classes = max + 1``; floats mean regression, with
-    1-D targets promoted to ``(n, 1)``. Raises ValueError naming ``X`` or ``y``.
+    ``X`` is (examples, features) or, e.g. images, (examples, channels, height, width). The
+    task follows ``y``'s dtype unless forced: integer (or bool) labels mean classification
+    with ``n_classes = max + 1``; floats mean regression, with 1-D targets promoted to
+    ``(n, 1)``. Integer ``X (n, t)`` with integer ``y (n, t)`` is a sequence task: token ids,
+    kept as int64, and a label per position. Raises ValueError naming ``X`` or ``y``.
     """
     if X.dtype.kind not in "fiub":
         raise _Bad(f"array 'X' must be numeric, got dtype {X.dtype}")
-    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise _Bad(f"array 'X' must be 2-D (examples, features) and non-empty, got shape {X.shape}")
+    if not 2 <= X.ndim <= 1 + MAX_EXAMPLE_AXES or 0 in X.shape:
+        raise _Bad(f"array 'X' must be 2-D to {1 + MAX_EXAMPLE_AXES}-D, (examples, features), (examples, tokens) "
+                   f"or (examples, channels, height, width), and non-empty, got shape {X.shape}")
     if y.dtype.kind not in "fiub":
         raise _Bad(f"array 'y' must be numeric, got dtype {y.dtype}")
     if y.ndim == 0 or len(y) != len(X):
         raise _Bad(f"arrays 'X' and 'y' disagree on the number of examples: {X.shape} vs {y.shape}")
+    if X.dtype.kind in "iu" and X.ndim == 2 and y.shape == X.shape and task != REGRESSION and y.dtype.kind in "iub":
+        return _token_ids(X, y, name)
     with np.errstate(over="ignore"):  # float32 overflow becomes inf, reported just below
         Xc = np.ascontiguousarray(X, dtype=dtype)
     _check_finite(Xc, "array 'X'")
@@ -104,6 +112,13 @@ def from_arrays(X: np.ndarray, y: np.ndarray, dtype: np.dtype, name: str, task: 
         Y = np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
     _check_finite(Y, "array 'y'")
     return Dataset(Xc, Y, REGRESSION, None, name)
+
+
+def _token_ids(X: np.ndarray, y: np.ndarray, name: str) -> Dataset:
+    """A sequence set: ids (n, t) as int64, labels (n, t), both in [0, MAX_CLASSES)."""
+    ids, _ = _labels(X, "array 'X'", per_position=True, kind="token id")
+    labels, n_classes = _labels(y, "array 'y'", per_position=True)
+    return Dataset(np.ascontiguousarray(ids), np.ascontiguousarray(labels), CLASSIFICATION, n_classes, name)
 
 
 # --------------------------------------------------------------------------- npz

@@ -3,6 +3,7 @@ spec -> (train, validation), with size guards."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import files, synthetic
+from . import files, images, sequences, synthetic
 from .dataset import CLASSIFICATION, REGRESSION, Dataset, Layout, as_float_dtype, train_val_split
 from .limits import MAX_EXAMPLES, MAX_FEATURES, MAX_FILE_BYTES, MAX_VALUES, DataLimits
 from .spec import PARAM_SCHEMAS, DatasetSpec, Params, SpecError
@@ -33,7 +34,8 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "digits": Source(PARAM_SCHEMAS["digits"], synthetic.digits, lambda p: Layout(1797, (64,), CLASSIFICATION, 10)),
+    "digits": Source(PARAM_SCHEMAS["digits"], synthetic.digits,
+                     lambda p: Layout(1797, (1, 8, 8) if p["image"] else (64,), CLASSIFICATION, 10)),
     "teacher": Source(PARAM_SCHEMAS["teacher"], synthetic.teacher,
                       lambda p: Layout(p["n"], (p["d"],), CLASSIFICATION, p["classes"])),
     "spirals": Source(PARAM_SCHEMAS["spirals"], synthetic.spirals,
@@ -44,9 +46,15 @@ SOURCES: dict[str, Source] = {
                          lambda p: Layout(p["n"], (p["d"],), REGRESSION, p["outputs"])),
     "npz": Source(PARAM_SCHEMAS["npz"], files.npz),
     "csv": Source(PARAM_SCHEMAS["csv"], files.csv_file),
+    "mnist": Source(PARAM_SCHEMAS["mnist"], images.mnist, images.mnist_layout),
+    "shapes": Source(PARAM_SCHEMAS["shapes"], images.shapes, images.shapes_layout),
+    "sequence": Source(PARAM_SCHEMAS["sequence"], sequences.sequence, sequences.sequence_layout),
+    "text": Source(PARAM_SCHEMAS["text"], sequences.text),  # layout: from the text's record (text_layout)
 }
 assert SOURCES.keys() == PARAM_SCHEMAS.keys(), "every spec name needs a source"
 LOADERS: dict[str, Loader] = {name: source.load for name, source in SOURCES.items()}
+SIZES = {**synthetic.SIZES, **images.SIZES, **sequences.SIZES}
+"""Values each generated source builds, from its params, and the formula (for errors)."""
 
 
 def _limits(max_examples: int | None, max_features: int | None, max_values: int | None,
@@ -81,8 +89,13 @@ def _check_requested(spec: DatasetSpec, limits: DataLimits) -> None:
     for key, limit, what in (("n", limits.max_examples, "max_examples"), ("d", limits.max_features, "max_features")):
         if key in params and params[key] > limit:
             raise SpecError(f"params.{key}", f"must be <= {limit} ({what}), got {params[key]}")
-    if spec.name in synthetic.SIZES:
-        size, formula = synthetic.SIZES[spec.name]
+    layout = SOURCES[spec.name].layout
+    shape = layout(params).x_shape if layout is not None else ()
+    if math.prod(shape) > limits.max_features:  # an image's or a sequence's values per example
+        raise SpecError("params", f"{spec.name} examples of shape {list(shape)} have {math.prod(shape)} values, "
+                                  f"over the limit of {limits.max_features} (max_features)")
+    if spec.name in SIZES:
+        size, formula = SIZES[spec.name]
         values = size(params)
         if values > limits.max_values:
             shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed")

