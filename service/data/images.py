@@ -68,22 +68,26 @@ def shapes(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = N
     starts = range(0, n, SHAPES_CHUNK)
     for start, seq in zip(starts, np.random.SeedSequence(params["seed"]).spawn(len(starts))):
         rows = slice(start, start + SHAPES_CHUNK)
-        X[rows], y[rows] = _draw(np.random.default_rng(seq), len(y[rows]), size)
+        X[rows], y[rows] = _draw(seq, len(y[rows]), size)
     return Dataset(np.ascontiguousarray(X, dtype=dtype), y, CLASSIFICATION, len(SHAPE_CLASSES), "shapes")
 
 
-def _draw(rng: np.random.Generator, m: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _draw(seq: np.random.SeedSequence, m: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """``m`` images and their labels, vectorised over images and pixels.
 
     Each shape has a random class, half-extent ``r`` (12-30% of the side), centre (at least
     ``r`` from the borders) and colour; pixels are inside when their centre is. The shape's
-    pixels keep a quarter of the noise, so the texture does not give the class away.
+    pixels keep a quarter of the noise, so the texture does not give the class away. An
+    image's parameters are one row of a uniform matrix and its noise the next block of one
+    stream, so the first images of a chunk do not depend on how many follow.
     """
-    label = rng.integers(0, len(SHAPE_CLASSES), m)
-    r = rng.uniform(0.12, 0.30, m)
-    cx, cy = rng.uniform(r, 1.0 - r), rng.uniform(r, 1.0 - r)
-    colour = rng.uniform(0.3, 1.0, (m, 3)).astype(np.float32)
-    noise = rng.random((m, 3, size, size), dtype=np.float32)
+    param_rng, noise_rng = (np.random.default_rng(s) for s in seq.spawn(2))
+    u = param_rng.random((m, 7))
+    label = np.minimum((u[:, 0] * len(SHAPE_CLASSES)).astype(np.int64), len(SHAPE_CLASSES) - 1)
+    r = 0.12 + 0.18 * u[:, 1]
+    cx, cy = r + (1.0 - 2.0 * r) * u[:, 2], r + (1.0 - 2.0 * r) * u[:, 3]
+    colour = (0.3 + 0.7 * u[:, 4:7]).astype(np.float32)
+    noise = noise_rng.random((m, 3, size, size), dtype=np.float32)
     pixel = (np.arange(size) + 0.5) / size
     dx = pixel[None, None, :] - cx[:, None, None]  # (m, 1, size): across a row
     dy = pixel[None, :, None] - cy[:, None, None]  # (m, size, 1): down a column
