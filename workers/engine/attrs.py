@@ -24,12 +24,13 @@ def _int(value: Any, lo: int, hi: int = MAX_COUNT) -> str | None:
     return None
 
 
-def _pair(lo: int) -> Callable[[Any], str | None]:
-    """One integer for both spatial axes, or a list of one per axis (height, width; or length)."""
+def _pair(lo: int, most: int = 2) -> Callable[[Any], str | None]:
+    """One integer for every spatial axis, or a list of one per axis (height, width), at most `most`."""
     def check(value: Any) -> str | None:
         items = value if isinstance(value, list) else [value]
-        if not 1 <= len(items) <= 3:
-            return f"must be an integer or a list of 1 to 3 integers, got {show(value)}"
+        if not 1 <= len(items) <= most:
+            many = "a list of one integer" if most == 1 else f"a list of 1 to {most} integers"
+            return f"must be an integer or {many}, got {show(value)}"
         return next((p for p in (_int(v, lo) for v in items) if p), None)
     return check
 
@@ -61,8 +62,10 @@ def _positive(value: Any) -> str | None:
 KINDS: dict[str, Callable[[Any], str | None]] = {
     "count": lambda v: _int(v, 1),  # units, channels, heads, vocabulary size
     "index": lambda v: _int(v, 0),  # slice bounds
-    "pair": _pair(1),  # kernel, stride, dilation
-    "pair0": _pair(0),  # padding
+    "pair": _pair(1),  # 2-D kernel, stride, dilation: an integer or [height, width]
+    "pair0": _pair(0),  # 2-D padding
+    "single": _pair(1, most=1),  # 1-D kernel, stride, dilation: an integer (or a list of one)
+    "single0": _pair(0, most=1),  # 1-D padding
     "shape": _ints(-1),  # reshape's target (one -1 allowed: the op checks)
     "axes": _ints(0),  # transpose's permutation of the example's axes
     "bool": _bool,

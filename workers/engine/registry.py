@@ -5,10 +5,13 @@ from . import activations as act
 from . import elementwise as ew
 from .attention import Attention
 from .batchnorm import BatchNorm
+from .conv import Conv1d, Conv2d
 from .dropout import Dropout
 from .layers import Linear, PReLU
 from .norm import GroupNorm, LayerNorm
 from .op import Op
+from .pooling import AvgPool2d, GlobalAvgPool, MaxPool2d
+from .reshape import Flatten, Reshape, Transpose
 from .sequence import Embedding, MatMul, PosEmbedding, Softmax, Unembed
 
 OPS: dict[str, type[Op]] = {
@@ -21,6 +24,8 @@ OPS: dict[str, type[Op]] = {
     "layer_norm": LayerNorm, "group_norm": GroupNorm,
     "embedding": Embedding, "unembed": Unembed, "pos_embedding": PosEmbedding, "matmul": MatMul, "softmax": Softmax,
     "attention": Attention,
+    "conv2d": Conv2d, "conv1d": Conv1d, "max_pool2d": MaxPool2d, "avg_pool2d": AvgPool2d,
+    "global_avg_pool": GlobalAvgPool, "flatten": Flatten, "reshape": Reshape, "transpose": Transpose,
 }
 
 # "linear 512", "leaky_relu 0.1", "pow 2": the attribute a bare argument sets.

@@ -1,0 +1,217 @@
+"""Convolutions: conv2d on (C, H, W) examples and conv1d on (C, L), as PyTorch computes them.
+
+im2col: the padded input's windows are copied, by one strided view, into a matrix `cols`
+of shape (C kh kw, B OH OW) whose column (b, y, x) holds example b's window at output
+position (y, x). The convolution is then one GEMM per group, out = W cols, with W viewed
+as (out, C/groups kh kw); the batch is folded into the GEMM's columns, so each output
+value is a dot product over that example's window alone (batch-independent bits).
+
+Backward (docs/backprop.md, 'Per-layer rules', with cols as the layer's input):
+g_W = g_out cols^T (a sum over the batch and positions), g_b = the sum of g_out over
+the batch and positions, and g_cols = W^T g_out, which col2im adds back onto the
+padded input: one strided add per kernel offset (kh kw of them), never a loop over
+examples. Every buffer comes from the op's workspace, so a warm step allocates nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .op import Array, Op, Shape
+
+
+def pair(value: Any) -> tuple[int, int]:
+    """An attribute of kind pair as (height, width): 3 -> (3, 3), [3] -> (3, 3), [3, 5] -> (3, 5)."""
+    items = value if isinstance(value, list) else [value]
+    return (int(items[0]), int(items[-1]))
+
+
+def out_size(n: int, k: int, stride: int, pad: int, dil: int = 1) -> int:
+    """PyTorch's output length: floor((n + 2 pad - dil (k - 1) - 1) / stride) + 1."""
+    return (n + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def check_window(axis: str, n: int, k: int, pad: int, dil: int = 1) -> None:
+    """Raise ValueError unless the (dilated) kernel fits in the padded input along `axis`."""
+    span = dil * (k - 1) + 1
+    if span > n + 2 * pad:
+        dilated = f" (dilated: {span})" if dil > 1 else ""
+        raise ValueError(f"kernel {k}{dilated} is larger than the padded input {n + 2 * pad} ({axis})")
+
+
+def padded(op: Op, x: Array, pad: tuple[int, int], fill: float) -> Array:
+    """x (B, C, H, W) inside a reused (B, C, H + 2 ph, W + 2 pw) buffer whose border holds `fill`.
+
+    Only the border strips are written besides the interior, not the whole buffer.
+    """
+    ph, pw = pad
+    if ph == 0 and pw == 0:
+        return x
+    B, C, H, W = x.shape
+    xp = op.buf("xpad", (B, C, H + 2 * ph, W + 2 * pw))
+    xp[:, :, :ph] = fill
+    xp[:, :, H + ph:] = fill
+    xp[:, :, ph:H + ph, :pw] = fill
+    xp[:, :, ph:H + ph, W + pw:] = fill
+    xp[:, :, ph:H + ph, pw:W + pw] = x
+    return xp
+
+
+def window(xp: Array, i: int, j: int, out_hw: tuple[int, int], stride: tuple[int, int],
+           dil: tuple[int, int] = (1, 1)) -> Array:
+    """The (B, C, OH, OW) view of xp that kernel offset (i, j) reads at every output position."""
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dil
+    return xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+
+
+class _Conv(Op):
+    """Shared by conv2d and conv1d: a 1-D example (C, L) runs as the image (C, 1, L)."""
+
+    required_attrs = ("out", "kernel")
+    attr_defaults = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True}
+    rank = 2  # spatial axes of an example
+
+    @property
+    def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("W", "b") if self.attrs["bias"] else ("W",)
+
+    def _geometry(self) -> tuple[tuple[int, int], ...]:
+        """(kernel, stride, padding, dilation), each as (height, width)."""
+        k, s, p, d = (pair(self.attrs[a]) for a in ("kernel", "stride", "padding", "dilation"))
+        if self.rank == 1:  # the height axis of the (C, 1, L) image is trivial
+            k, s, p, d = (1, k[1]), (1, s[1]), (0, p[1]), (1, d[1])
+        return k, s, p, d
+
+    def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
+        shape = in_shapes[0]
+        if len(shape) != self.rank + 1:
+            axes = "(channels, height, width)" if self.rank == 2 else "(channels, length)"
+            raise ValueError(f"{type(self).__name__.lower()} takes {axes} examples, got {list(shape)}")
+        c, out, groups = shape[0], int(self.attrs["out"]), int(self.attrs["groups"])
+        if c % groups or out % groups:
+            raise ValueError(f"groups {groups} must divide the {c} input channels and the {out} output channels")
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self._geometry()
+        h, w = (1, shape[1]) if self.rank == 1 else shape[1:]
+        if self.rank == 2:
+            check_window("height", h, kh, ph, dh)
+        check_window("width" if self.rank == 2 else "length", w, kw, pw, dw)
+        oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+        return (out, oh, ow) if self.rank == 2 else (out, ow)
+
+    def param_shapes(self, in_shapes: Sequence[Shape]) -> dict[str, Shape]:
+        out, groups = int(self.attrs["out"]), int(self.attrs["groups"])
+        (kh, kw), *_ = self._geometry()
+        kernel = (kh, kw) if self.rank == 2 else (kw,)
+        shapes: dict[str, Shape] = {"W": (out, in_shapes[0][0] // groups, *kernel)}
+        if self.attrs["bias"]:
+            shapes["b"] = (out,)
+        return shapes
+
+    def init_params(self, shapes, rng, scheme):
+        out, fan_in = shapes["W"][0], int(np.prod(shapes["W"][1:]))
+        fan_out = out * int(np.prod(shapes["W"][2:]))  # PyTorch's: out channels times the kernel's size
+        # He for ReLU-like successors (keeps activation variance ~1), Glorot otherwise, as Linear.
+        std = np.sqrt(2.0 / fan_in) if scheme == "he" else np.sqrt(2.0 / (fan_in + fan_out))
+        params = {"W": rng.standard_normal(shapes["W"]) * std}
+        if "b" in shapes:
+            params["b"] = np.zeros(shapes["b"])
+        return params
+
+    def forward(self, xs, p):
+        x = xs[0]
+        self.in_shape = x.shape
+        x4 = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2]) if self.rank == 1 else x
+        B, C, H, W = x4.shape
+        (kh, kw), stride, pad, dil = self._geometry()
+        Co, G = int(self.attrs["out"]), int(self.attrs["groups"])
+        oh, ow = out_size(H, kh, stride[0], pad[0], dil[0]), out_size(W, kw, stride[1], pad[1], dil[1])
+        self.dims = (B, C, H, W, Co, G, oh, ow)
+        xp = padded(self, x4, pad, 0.0)
+        sb, sc, sy, sx = xp.strides
+        view = as_strided(xp, (C, kh, kw, B, oh, ow),
+                          (sc, dil[0] * sy, dil[1] * sx, sb, stride[0] * sy, stride[1] * sx), writeable=False)
+        self.cols = self.buf("cols", (C * kh * kw, B * oh * ow))
+        np.copyto(self.cols.reshape(view.shape), view)
+        self.W = p["W"].reshape(G, Co // G, -1)
+        out_t = self.buf("out_t", (Co, B, oh * ow))
+        np.matmul(self.W, self.cols.reshape(G, -1, B * oh * ow), out=out_t.reshape(G, Co // G, -1))
+        out = self.buf("out", (B, Co, oh * ow))
+        if "b" in p:
+            np.add(out_t.transpose(1, 0, 2), p["b"][:, None], out=out)
+        else:
+            np.copyto(out, out_t.transpose(1, 0, 2))
+        return out.reshape((B, Co, oh, ow) if self.rank == 2 else (B, Co, ow))
+
+    def backward(self, g_out, need, into=None):
+        B, C, H, W, Co, G, oh, ow = self.dims
+        g_t = self.buf("g_t", (Co, B, oh * ow))  # g_out with the channel axis first, as the GEMMs read it
+        np.copyto(g_t, g_out.reshape(B, Co, oh * ow).transpose(1, 0, 2))
+        g_rows = g_t.reshape(Co, -1)
+        grads = {"W": self.grad_dest(into, "W", self.param_shape)}
+        np.matmul(g_rows.reshape(G, Co // G, -1), self.cols.reshape(G, -1, g_rows.shape[1]).swapaxes(1, 2),
+                  out=grads["W"].reshape(self.W.shape))
+        if self.attrs["bias"]:
+            grads["b"] = self.grad_dest(into, "b", (Co,))
+            ones = self.buf("ones", (g_rows.shape[1],))
+            ones.fill(1)
+            np.matmul(g_rows, ones, out=grads["b"])
+        if not need[0]:
+            return [None], grads
+        g_cols = self.buf("g_cols", self.cols.shape)
+        np.matmul(self.W.swapaxes(1, 2), g_rows.reshape(G, Co // G, -1), out=g_cols.reshape(G, -1, g_rows.shape[1]))
+        return [self._col2im(g_cols).reshape(self.in_shape)], grads
+
+    @property
+    def param_shape(self) -> Shape:
+        B, C, H, W, Co, G, oh, ow = self.dims
+        (kh, kw), *_ = self._geometry()
+        return (Co, C // G, kh, kw) if self.rank == 2 else (Co, C // G, kw)
+
+    def _col2im(self, g_cols: Array) -> Array:
+        """g_in: each kernel offset's slice of g_cols added onto the padded input's window, in a fixed order."""
+        B, C, H, W, Co, G, oh, ow = self.dims
+        (kh, kw), stride, (ph, pw), dil = self._geometry()
+        g_pad = self.buf("g_pad", (B, C, H + 2 * ph, W + 2 * pw))
+        g_pad.fill(0)
+        g6 = g_cols.reshape(C, kh, kw, B, oh, ow)
+        for i in range(kh):
+            for j in range(kw):
+                w = window(g_pad, i, j, (oh, ow), stride, dil)
+                np.add(w, g6[:, i, j].transpose(1, 0, 2, 3), out=w)
+        if ph == 0 and pw == 0:
+            return g_pad
+        g_in = self.buf("g_in", (B, C, H, W))
+        np.copyto(g_in, g_pad[:, :, ph:ph + H, pw:pw + W])
+        return g_in
+
+
+class Conv2d(_Conv):
+    """2-D convolution (cross-correlation) of (C, H, W) examples to (out, OH, OW), as PyTorch's Conv2d.
+
+    Attributes: `out` (required: output channels), `kernel`
+    (required), `stride` (1), `padding` (0: zeros on each side), `dilation` (1), each an
+    integer or [height, width]; `groups` (1: must divide C and out; channels split into
+    that many independent convolutions); `bias` (true). W is (out, C/groups, kh, kw), b
+    (out,), PyTorch's layout; W is drawn N(0, 2/fan_in) before a ReLU-like op (He), else
+    N(0, 2/(fan_in + fan_out)) (Glorot), fan_in = C/groups kh kw, fan_out = out kh kw; b = 0.
+    OH = floor((H + 2 padding - dilation (kernel - 1) - 1) / stride) + 1, and likewise OW.
+    """
+
+    attr_kinds = {"out": "count", "kernel": "pair", "stride": "pair", "padding": "pair0",
+                  "dilation": "pair", "groups": "count", "bias": "bool"}
+
+
+class Conv1d(_Conv):
+    """1-D convolution of (C, L) examples to (out, OL), as PyTorch's Conv1d.
+
+    Attributes as conv2d's, each length an integer (or a list of one): `out` (required),
+    `kernel` (required), `stride` (1), `padding` (0), `dilation` (1), `groups` (1),
+    `bias` (true). W is (out, C/groups, k), b (out,); initialised as
+    conv2d's with fan_in = C/groups k. OL = floor((L + 2 padding - dilation (k - 1) - 1) / stride) + 1.
+    """
+
+    rank = 1
+    attr_kinds = {"out": "count", "kernel": "single", "stride": "single", "padding": "single0",
+                  "dilation": "single", "groups": "count", "bias": "bool"}
