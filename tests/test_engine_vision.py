@@ -207,6 +207,19 @@ def test_max_pool_gives_a_tie_to_its_first_maximum():
     np.testing.assert_array_equal(g_x, [[[[0, 11, 0], [100, 0, 0], [0, 1000, 0]]]])
 
 
+def test_max_pool_sends_an_infinite_gradient_only_to_the_maximum():
+    """g_out = inf reaches the window's maximum alone; the other values get 0, not inf * 0 = NaN (as PyTorch)."""
+    X = _distinct((2, 2, 4, 5), 3)
+    m = Model({"input": [2, 4, 5], "layers": [{"op": "max_pool2d", "kernel": 2, "stride": 1}]}, dtype=np.float64)
+    m.forward(m.init_params(0), X)
+    G = np.random.default_rng(0).standard_normal((2, 2, 3, 4))
+    G[0, 1, 1, 2], G[1, 0, 2, 3] = np.inf, -np.inf
+    g_x, _ = m.backward(G, input_grad=True)
+    xt = torch.tensor(X, requires_grad=True)
+    F.max_pool2d(xt, 2, 1).backward(torch.tensor(G))
+    np.testing.assert_array_equal(g_x, xt.grad.numpy())
+
+
 @SETTINGS
 @given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=3), seed=st.integers(0, 1000))
 def test_global_avg_pool_is_pytorchs_and_matches_finite_differences(shape, seed):

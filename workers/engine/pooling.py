@@ -75,33 +75,46 @@ class MaxPool2d(_Pool2d):
     maximum in the window (row-major order) gets the whole gradient, so the result is a
     deterministic function of the input; PyTorch's choice among ties is not documented,
     so only tie-free inputs are compared with it. A NaN in a window propagates to the output.
+
+    Forward keeps only the maxima; backward finds each window's first maximum again, offset
+    by offset (`hit` = equal to the maximum and not yet claimed), which is cheaper than
+    tracking an argmax in forward (numpy's masked copies are slow).
     """
 
     def forward(self, xs, p):
-        xp = self._setup(xs[0], -np.inf)
+        self.xp = self._setup(xs[0], -np.inf)
         (_, s, _), offsets = self.geom, self._offsets()
         B, C = xs[0].shape[:2]
         out = self.buf("out", (B, C, *self.out_hw))
-        self.arg = self.ws.get("arg", out.shape, np.dtype(np.int16 if len(offsets) < 2 ** 15 else np.int32))
-        more = self.ws.get("more", out.shape, np.dtype(bool))
-        np.copyto(out, window(xp, 0, 0, self.out_hw, s))
-        self.arg.fill(0)
-        for k, (i, j) in enumerate(offsets[1:], 1):
-            w = window(xp, i, j, self.out_hw, s)
-            np.greater(w, out, out=more)  # strictly: an equal later value does not take over
-            np.maximum(out, w, out=out)
-            np.copyto(self.arg, k, where=more)
+        np.copyto(out, window(self.xp, 0, 0, self.out_hw, s))
+        for i, j in offsets[1:]:
+            np.maximum(out, window(self.xp, i, j, self.out_hw, s), out=out)
+        self.out = out
         return out
 
     def backward(self, g_out, need, into=None):
         if not need[0]:
             return [None], {}
-        (_, s, _) = self.geom
-        g_pad, hit = self._g_pad(), self.ws.get("hit", self.arg.shape, np.dtype(bool))
-        for k, (i, j) in enumerate(self._offsets()):
-            np.equal(self.arg, k, out=hit)
+        (_, s, _), offsets = self.geom, self._offsets()
+        boolean = np.dtype(bool)
+        hit, claimed = self.ws.get("hit", g_out.shape, boolean), self.ws.get("claimed", g_out.shape, boolean)
+        share = self.buf("share", g_out.shape)
+        # A non-finite g_out takes the masked add: inf * 0 would put NaN where a value is not the maximum.
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = bool(np.isfinite(g_out.sum()))
+        g_pad = self._g_pad()
+        for k, (i, j) in enumerate(offsets):
+            np.equal(window(self.xp, i, j, self.out_hw, s), self.out, out=hit)
+            if k:
+                np.greater(hit, claimed, out=hit)  # equal to the maximum, and no earlier offset was
+            if k < len(offsets) - 1:
+                np.logical_or(claimed, hit, out=claimed) if k else np.copyto(claimed, hit)
             w = window(g_pad, i, j, self.out_hw, s)
-            np.add(w, g_out, out=w, where=hit)
+            if finite:
+                np.multiply(g_out, hit, out=share)
+                w += share
+            else:
+                np.add(w, g_out, out=w, where=hit)
         return [self._g_in(g_pad)], {}
 
 
