@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
+from dptrain.core.early import EarlyStoppingSpec
 from dptrain.core.optim import OptimizerSpec, drop_unused
 from dptrain.data import DatasetSpec
 from dptrain.engine import Model, ModelSpec, SpecError
@@ -62,6 +63,8 @@ class TrainConfig(Spec):
     worker_timeout_s: Num(*bounds.WORKER_TIMEOUT_S) = Field(60.0, description="a step's answer deadline per worker")
     recovery_budget_s: Num(*bounds.RECOVERY_BUDGET_S) = Field(
         120.0, description="time to bring workers back before the job fails")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="stop when a metric stops improving: {metric, patience, min_delta}")
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +79,9 @@ class TrainConfig(Spec):
         """A setting that would do nothing is an error."""
         if self.epochs is None and self.steps is None:
             raise fail("give epochs or steps", "epochs")
+        if self.early_stopping and self.early_stopping.metric.startswith("val_") and not self.val_every:
+            raise fail(f"{self.early_stopping.metric} is measured only with val_every > 0 (and a validation "
+                       "split)", "early_stopping")
         if self.val_every and self.dataset.val_fraction == 0:
             raise fail("the dataset has no validation split: set dataset.val_fraction > 0, or leave val_every "
                        "unset", "val_every")
@@ -111,6 +117,10 @@ class TrainConfig(Spec):
         d["model"] = self.model.to_dict()
         d["dataset"] = self.dataset.to_dict()
         d["optimizer"] = self.optimizer.to_dict()
+        if d["early_stopping"] is None:
+            del d["early_stopping"]
+        else:
+            d["early_stopping"] = self.early_stopping.to_dict()
         return d
 
     def build_model(self) -> Model:

@@ -1,6 +1,7 @@
 """The coordinator's step loop: plan, compute on workers, reduce, divide once, update, broadcast.
 
     from dptrain.core.config import TrainConfig
+from dptrain.core.early import EarlyStopping
     from dptrain.core.trainer import Trainer
     t = Trainer(TrainConfig.from_dict(job), backend="ray")
     for m in t.run():
@@ -26,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 from dptrain.core.backends import Backend, Outcome, make_backend
 from dptrain.core.config import TrainConfig
+from dptrain.core.early import EarlyStopping
 from dptrain.core.ledger import EpochLedger, LedgerError
 from dptrain.core.optim import make_optimizer
 from dptrain.core.reduce import Buffers, Reduced, Reduction, worker_runs
@@ -48,6 +50,7 @@ class TrainState:
     position: int = 0  # examples of `epoch` already used
     version: int = 0
     ledger: dict[str, np.ndarray] = field(default_factory=dict)  # EpochLedger.state_dict(); {} if unknown
+    early: dict[str, np.ndarray] = field(default_factory=dict)  # EarlyStopping.state_dict(); {} if none
 
 
 def check_compatible(model: Model, data: Layout, name: str) -> None:
@@ -111,6 +114,10 @@ class Trainer:
             self.ledger.load_state_dict(self.state.ledger)
         elif self.state.position:  # a checkpoint without a ledger (older): count the plan's part
             self.ledger.record(self.state.epoch, self.permutation(self.state.epoch)[:self.state.position])
+        self.early = EarlyStopping(config.early_stopping) if config.early_stopping else None
+        if self.early is not None and self.state.early:
+            self.early.load_state_dict(self.state.early)
+        self.stopped: str | None = None  # why the run ended before total_steps (early stopping)
         self._buffers = Buffers()  # the reduction's arrays (tree nodes, mean gradient), reused every step
         job = WorkerJob(config.model.to_dict(), config.dtype, self.train.X, self.train.y,
                         None if self.val is None else self.val.X, None if self.val is None else self.val.y,
@@ -132,7 +139,7 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        return self.state.step >= self.total_steps
+        return self.state.step >= self.total_steps or self.stopped is not None
 
     def _next_batch(self) -> tuple[int, int, int]:
         """(epoch, start, size) of the next batch, rolling over to a new epoch when due."""
@@ -188,6 +195,10 @@ class Trainer:
         if self.val is not None and ((every and s.step % every == 0) or self.done):
             m.val_loss, m.val_accuracy = self.evaluate()
         m.failures = self.backend.failures - failures0  # the validation pass's recoveries too
+        if self.early is not None and self.stopped is None:
+            self.stopped = self.early.observe(m)
+            if self.stopped:
+                log.info("%s", self.stopped)
         if self.done:
             self.ledger.close()  # the last epoch is over however the steps are driven
         if self.on_step:
@@ -229,10 +240,12 @@ class Trainer:
         """A checkpointable copy of the whole state, optimizer moments included."""
         s = self.state
         return TrainState(theta=s.theta.copy(), optimizer=self.optimizer.state_dict(), step=s.step,
-                          epoch=s.epoch, position=s.position, version=s.version, ledger=self.ledger.state_dict())
+                          epoch=s.epoch, position=s.position, version=s.version, ledger=self.ledger.state_dict(),
+                          early={} if self.early is None else self.early.state_dict())
 
     def stats(self) -> dict:
         current = self.ledger.in_progress()
         epochs = self.ledger.reports + ([current] if current else [])
         return {"epochs": [r.as_dict() for r in epochs], "workers": self.backend.nodes(),
-                "failures": self.backend.failures, "steps": self.state.step, "total_steps": self.total_steps}
+                "failures": self.backend.failures, "steps": self.state.step, "total_steps": self.total_steps,
+                **({"stopped": self.stopped} if self.stopped else {})}

@@ -43,15 +43,13 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from dptrain.core.trainer import TrainState
 
 from .base import StoreError, StoreUnavailable, clip
 from .disk import fsync_dir, probe_dir, unavailable
-
-if TYPE_CHECKING:
-    from dptrain.core.trainer import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +59,7 @@ _FORMATS = (1, 2)
 _COUNTERS = ("step", "epoch", "position", "version")
 _OPT = "opt/"
 _LEDGER = "ledger/"  # the epoch ledger (dptrain.core.ledger.EpochLedger.state_dict); absent in older files
+_EARLY = "early/"  # early stopping's watch (dptrain.core.early.EarlyStopping.state_dict); absent when off
 _SHA = "sha256"
 _FILE = re.compile(r"step-(\d{9,})\.npz")
 _MARK = re.compile(r"step-(\d{9,})\.mark")
@@ -131,6 +130,7 @@ class CheckpointStore:
         arrays.update({c: np.array(int(getattr(state, c)), np.int64) for c in _COUNTERS})
         arrays.update({_OPT + k: np.asarray(v) for k, v in (state.optimizer or {}).items()})
         arrays.update({_LEDGER + k: np.asarray(v) for k, v in (getattr(state, "ledger", None) or {}).items()})
+        arrays.update({_EARLY + k: np.asarray(v) for k, v in (getattr(state, "early", None) or {}).items()})
         for key, a in arrays.items():
             if a.dtype.kind not in "biuf":  # anything else would need pickle to read back
                 raise ValueError(f"checkpoint array {key!r} has dtype {a.dtype}; only numeric arrays are stored")
@@ -399,11 +399,10 @@ def _check_structure(arrays: dict[str, np.ndarray], step: int) -> None:
 
 
 def _to_state(arrays: dict[str, np.ndarray]) -> TrainState:
-    from dptrain.core.trainer import TrainState  # deferred: it imports Ray, the store must not
-
     optimizer = {k[len(_OPT):]: v for k, v in arrays.items() if k.startswith(_OPT)}
     ledger = {k[len(_LEDGER):]: v for k, v in arrays.items() if k.startswith(_LEDGER)}
-    return TrainState(theta=arrays["theta"], optimizer=optimizer, ledger=ledger,
+    early = {k[len(_EARLY):]: v for k, v in arrays.items() if k.startswith(_EARLY)}
+    return TrainState(theta=arrays["theta"], optimizer=optimizer, ledger=ledger, early=early,
                       **{c: int(arrays[c]) for c in _COUNTERS})
 
 
