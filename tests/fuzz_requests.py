@@ -722,7 +722,7 @@ def upload_cases() -> list[Case]:
     for label, data in (("random bytes", garbage), ("a zip of a text file", _zip(**{"hello.txt": b"hi"})),
                         ("object arrays (a pickle)", _npz(X=np.array([{"a": 1}] * 3, dtype=object), y=np.zeros(3))),
                         ("no y", _npz(X=rx)), ("X and y of different lengths", _npz(X=rx, y=np.zeros(7))),
-                        ("3-D X", _npz(X=np.zeros((4, 2, 2)), y=np.zeros(4))),
+                        ("5-D X (examples have 1 to 4 axes)", _npz(X=np.zeros((4, 2, 2, 2, 2)), y=np.zeros(4))),
                         ("NaN in X", _npz(X=np.full((4, 2), np.nan), y=np.zeros(4))),
                         ("a string X", _npz(X=np.array([["a", "b"]] * 4), y=np.zeros(4))),
                         ("npy header claiming 2**40 rows",

@@ -348,7 +348,8 @@ def _node(name: Any, op: Any, inputs: tuple[str, ...], attrs: dict[str, Any], sh
     if not isinstance(op, str) or op not in OPS:
         near = difflib.get_close_matches(op, OPS, n=1) if isinstance(op, str) else []
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        errs.append((f"{where}.op", f"unknown op {show(op)}{hint}; choose one of {sorted(OPS)}"))
+        errs.append((f"{where}.op", f"unknown op {show(op)}{hint}; the {len(OPS)} ops are listed in docs/spec.md "
+                                    "(or: dptrain schema)"))
         return None
     before = len(errs)
     cls = OPS[op]
