@@ -169,3 +169,24 @@ def test_workers_that_cannot_come_back_fail_the_job_clearly(ray_session):
         for b in blockers:
             ray_session.kill(b)
         t.close()
+
+
+BN_DROPOUT = {**DIGITS_JOB, "model": {"input": 64, "layers": ["linear 32", "batch_norm", "relu", "dropout 0.2",
+                                                               "linear 10"], "loss": "cross_entropy"},
+              "val_every": 5}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_batch_norm_and_dropout_are_exact_across_workers(ray_session, workers):
+    """Chunk statistics (reduced along the tree for the running averages) and hashed dropout
+    masks: any worker count gives the in-process loop's bits, running statistics included."""
+    ref = local_weights(TrainConfig.from_dict(BN_DROPOUT))
+    t = Trainer(TrainConfig.from_dict({**BN_DROPOUT, "workers": workers}), backend="ray")
+    try:
+        for _ in t.run():
+            pass
+    finally:
+        t.close()
+    assert same_bits(t.theta, ref)
+    running = t.model.views(t.theta)["batch_norm1.running_var"]
+    assert not np.allclose(running, 1.0)  # the running statistics did move

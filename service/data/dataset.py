@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,10 +41,7 @@ class Layout:
 
     @property
     def n_features(self) -> int:
-        n = 1
-        for s in self.x_shape:
-            n *= s
-        return n
+        return math.prod(self.x_shape)
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .layers import weights_and_bias
 from .op import Array, Op, Shape
 
 
@@ -112,12 +113,7 @@ class _Conv(Op):
     def init_params(self, shapes, rng, scheme):
         out, fan_in = shapes["W"][0], int(np.prod(shapes["W"][1:]))
         fan_out = out * int(np.prod(shapes["W"][2:]))  # PyTorch's: out channels times the kernel's size
-        # He for ReLU-like successors (keeps activation variance ~1), Glorot otherwise, as Linear.
-        std = np.sqrt(2.0 / fan_in) if scheme == "he" else np.sqrt(2.0 / (fan_in + fan_out))
-        params = {"W": rng.standard_normal(shapes["W"]) * std}
-        if "b" in shapes:
-            params["b"] = np.zeros(shapes["b"])
-        return params
+        return weights_and_bias(shapes, rng, scheme, fan_in, fan_out)
 
     def forward(self, xs, p):
         x = xs[0]

@@ -6,11 +6,12 @@ parameter budget. Every error names the node and field.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import SpecError, show
 from .losses import LOSSES
-from .op import Op, Shape, size
+from .op import Op, Shape
 from .registry import OPS, RELU_LIKE
 from .spec import INPUT, Limits, ModelSpec, NodeSpec
 
@@ -28,10 +29,7 @@ class ParamInfo:
 
     @property
     def size(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass
@@ -106,7 +104,7 @@ def build_graph(spec: ModelSpec, limits: Limits = Limits()) -> Graph:
             LOSSES[spec.loss]().check_output(shapes[spec.output])
         except ValueError as e:
             raise SpecError("model.loss", f"{e} (output node {spec.output!r})") from None
-    activations = sum(size(shapes[n.name]) for n in order)
+    activations = sum(math.prod(shapes[n.name]) for n in order)
     if activations > limits.max_activations:
         raise SpecError("model", f"the nodes' outputs total {activations} values per example, over the limit "
                                  f"of {limits.max_activations}")

@@ -8,6 +8,16 @@ import numpy as np
 from .op import Op, Shape, has_nan
 
 
+def weights_and_bias(shapes, rng: np.random.Generator, scheme: str, fan_in: int, fan_out: int) -> dict:
+    """W ~ N(0, std^2) and b = 0: He (std = sqrt(2 / fan_in)) for ReLU-like successors, which
+    keeps the activations' variance ~1, Glorot (sqrt(2 / (fan_in + fan_out))) otherwise."""
+    std = np.sqrt(2.0 / fan_in) if scheme == "he" else np.sqrt(2.0 / (fan_in + fan_out))
+    out = {"W": rng.standard_normal(shapes["W"]) * std}
+    if "b" in shapes:
+        out["b"] = np.zeros(shapes["b"])
+    return out
+
+
 class Linear(Op):
     """out = x W + b over the last axis, with W of shape (fan_in, units).
 
@@ -35,12 +45,7 @@ class Linear(Op):
 
     def init_params(self, shapes, rng, scheme):
         fan_in, fan_out = shapes["W"]
-        # He for ReLU-like successors (keeps activation variance ~1), Glorot otherwise.
-        std = np.sqrt(2.0 / fan_in) if scheme == "he" else np.sqrt(2.0 / (fan_in + fan_out))
-        out = {"W": rng.standard_normal(shapes["W"]) * std}
-        if "b" in shapes:
-            out["b"] = np.zeros(shapes["b"])
-        return out
+        return weights_and_bias(shapes, rng, scheme, fan_in, fan_out)
 
     def forward(self, xs, p):
         x = xs[0]

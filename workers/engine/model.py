@@ -9,6 +9,7 @@ g_out -> g_in recurrence'.
 """
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -18,7 +19,7 @@ import numpy as np
 from .errors import SpecError, show
 from .graph import ParamInfo, build_graph
 from .losses import LOSSES, Loss
-from .op import Context, size
+from .op import Context
 from .recompute import Recompute
 from .spec import INPUT, Limits, ModelSpec, NodeSpec
 from .workspace import Workspace
@@ -242,7 +243,7 @@ class Model:
         node = node or self.graph.output
         if node not in self.graph.ops:
             raise SpecError("node", f"unknown node {show(node)}; the nodes: {list(self.graph.ops)}")
-        width = size(self.graph.shapes[node])
+        width = math.prod(self.graph.shapes[node])
         if unit is not None and not 0 <= unit < width:
             raise SpecError("unit", f"must be in [0, {width}) for node {node!r}, got {unit}")
         X = self.check_input(X, "inputs")

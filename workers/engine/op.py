@@ -40,13 +40,6 @@ class Context:
     index: Array
     train: bool = True
 
-
-def size(shape: Shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
 ATTR_BOUND = 1e3
 """Largest |value| of a numeric op attribute unless the op's `attr_bounds` says otherwise.
 

@@ -6,11 +6,12 @@ its backward applies the inverse permutation.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
-from .op import Op, Shape, size
+from .op import Op, Shape
 
 
 class Flatten(Op):
@@ -20,7 +21,7 @@ class Flatten(Op):
     """
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
-        return (size(in_shapes[0]),)
+        return (math.prod(in_shapes[0]),)
 
     def forward(self, xs, p):
         self.shape = xs[0].shape
@@ -36,7 +37,7 @@ def target_shape(shape: list[int], n: int) -> Shape:
         raise ValueError(f"shape {shape} has more than one -1")
     if 0 in shape:
         raise ValueError(f"shape {shape}: each entry must be positive, or -1 for the rest")
-    known = size(tuple(s for s in shape if s != -1))
+    known = math.prod(tuple(s for s in shape if s != -1))
     if -1 in shape:
         if n % known:
             raise ValueError(f"shape {shape} cannot hold the input's {n} values ({n} is not a multiple of {known})")
@@ -57,11 +58,11 @@ class Reshape(Op):
     attr_kinds = {"shape": "shape"}
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
-        return target_shape(list(self.attrs["shape"]), size(in_shapes[0]))
+        return target_shape(list(self.attrs["shape"]), math.prod(in_shapes[0]))
 
     def forward(self, xs, p):
         self.shape = xs[0].shape
-        return xs[0].reshape(self.shape[0], *target_shape(list(self.attrs["shape"]), size(self.shape[1:])))
+        return xs[0].reshape(self.shape[0], *target_shape(list(self.attrs["shape"]), math.prod(self.shape[1:])))
 
     def backward(self, g_out, need, into=None):
         return [g_out.reshape(self.shape) if need[0] else None], {}
