@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -31,10 +32,38 @@ def cli(server, capsys):
     return run
 
 
+SHORTENED = {"lenet_mnist", "resnet_shapes", "char_gpt"}  # trained to their targets in test_examples.py
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_specs_train_to_completion(cli, example):
-    out = cli("submit", str(example), "--watch")
+    short = ["--set", "steps=6", "--set", "val_every=3"] if example.stem in SHORTENED else []
+    out = cli("submit", str(example), *short, "--watch")
     assert "SUCCEEDED" in out
+    if example.stem == "char_gpt":  # its text is a local file: submit uploaded it
+        assert "uploaded examples/data/python_topics.txt as dataset" in out
+
+
+def test_submit_uploads_a_local_data_file_once_and_prefixes_name_uploads(cli, server, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "img.npz", X=rng.random((40, 1, 6, 6)), y=rng.integers(0, 3, 40))
+    spec = tmp_path / "job.yaml"
+    spec.write_text("model: {input: [1, 6, 6], layers: [flatten, linear 3], loss: cross_entropy}\n"
+                    "dataset: {name: npz, params: {path: img.npz}}\n"  # beside the spec
+                    "optimizer: {name: sgd, lr: 0.1}\nbatch_size: 8\nsteps: 3\nworkers: 1\n")
+    stored = len(server.manager.store.list_datasets())
+    first = cli("submit", str(spec), "--watch")
+    dataset_id = re.search(r"as dataset (\w+)", first).group(1)
+    assert "SUCCEEDED" in first and len(server.manager.store.list_datasets()) == stored + 1
+    assert "SUCCEEDED" in cli("submit", str(spec), "--watch")  # the same bytes: the same dataset
+    assert len(server.manager.store.list_datasets()) == stored + 1
+    assert "SUCCEEDED" in cli("submit", str(spec), "--set", f"dataset.params.path={dataset_id[:8]}", "--watch")
+    out = cli("submit", str(spec), "--set", "dataset.params.path=nothere.npz", ok=False)
+    assert "dataset.params.path: no file 'nothere.npz' here" in out and "dptrain datasets upload" in out
+    out = cli("submit", str(spec), "--set", "dataset.params.path=abcdef12", ok=False)  # id-like: the server's word
+    assert "dataset.params.path" in out and "unique prefix" in out
+    listed = {d["id"]: d for d in json.loads(cli("datasets", "ls", "--json"))}
+    assert listed[dataset_id]["x_shape"] == ["1", "6", "6"] and listed[dataset_id]["n_outputs"] == "3"
 
 
 def test_job_commands(cli, tmp_path):

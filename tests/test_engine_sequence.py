@@ -290,3 +290,25 @@ def test_attention_spec_errors_are_named():
         Model({"input": 8, "layers": [{"op": "attention", "heads": 2}]})
     with pytest.raises(SpecError, match=r"model.layers\[0\].causal: must be true or false"):
         Model({"input": [4, 8], "layers": [{"op": "attention", "heads": 2, "causal": 1}]})
+
+
+# --- gelu's tanh form (GPT-2's; the examples' transformer MLP may use it) -------------------------
+
+@SETTINGS
+@given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=2), seed=st.integers(0, 2**16),
+       approximate=st.sampled_from(["none", "tanh"]))
+def test_gelu_is_pytorchs_in_both_forms(lead, seed, approximate):
+    X = np.random.default_rng(seed).standard_normal((3, *lead)) * 2
+    spec = {"input": lead, "layers": [{"op": "gelu", "approximate": approximate}]}
+    _against_torch(spec, X, lambda x: torch.nn.functional.gelu(x, approximate=approximate), seed)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_matches_finite_differences(approximate):
+    _gradcheck_ok({"input": 5, "layers": ["linear 4", {"op": "gelu", "approximate": approximate}, "linear 3"],
+                   "loss": "cross_entropy"}, n=4)
+
+
+def test_gelu_refuses_an_unknown_form():
+    with pytest.raises(SpecError, match=r"approximate: must be one of 'none', 'tanh', got 'fast'"):
+        Model({"input": 4, "layers": [{"op": "gelu", "approximate": "fast"}]})

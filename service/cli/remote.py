@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
+from dptrain.engine import SpecError
 from dptrain.store.base import STATES
 
 from .progress import console, follow, job_rows, summary
@@ -91,6 +93,7 @@ def submit(args: argparse.Namespace) -> int:
     name = args.name or spec.pop("name", None) or Path(args.spec).stem
     spec.pop("name", None)
     with client(args) as c:
+        upload_local_data(c, spec, Path(args.spec).parent)
         job = c.submit(spec, name=name)
         console.print(f"submitted job [bold]{job.id}[/bold] ({name})")
         if args.watch:
@@ -102,6 +105,34 @@ def submit(args: argparse.Namespace) -> int:
                 return 130
             return 0 if final.state == 3 else 1  # SUCCEEDED
     return 0
+
+
+FILE_SOURCES = {"npz": ".npz", "csv": ".csv", "text": ".txt"}
+UPLOAD_OPTIONS = ("label", "header", "task", "delimiter")
+
+
+def upload_local_data(c, spec: dict, spec_dir: Path) -> None:
+    """A file source whose path is a file here (from the working directory, else the spec's
+    folder) is uploaded, and the spec names the upload instead: the server reads uploads,
+    never client paths. The same bytes and options give the same id, so a second submit
+    stores nothing new."""
+    ds = spec.get("dataset")
+    if not isinstance(ds, dict) or ds.get("name") not in FILE_SOURCES or not isinstance(ds.get("params"), dict):
+        return
+    raw = ds["params"].get("path")
+    if not isinstance(raw, str):
+        return
+    path = next((p for p in (Path(raw).expanduser(), spec_dir / raw) if p.is_file()), None)
+    if path is None:
+        if not re.fullmatch(r"[0-9a-f]{6,64}", raw):
+            raise SpecError("dataset.params.path", f"no file {raw!r} here or beside the spec, and not an uploaded "
+                                                   f"dataset's id (`dptrain datasets ls`; `dptrain datasets upload "
+                                                   f"FILE` uploads one)")
+        return  # an uploaded dataset's id, or a prefix: the server resolves it
+    opts = {k: ds["params"][k] for k in UPLOAD_OPTIONS if ds["params"].get(k) not in (None, "auto")}
+    info = c.upload_dataset(path, **opts)
+    console.print(f"uploaded {path} as dataset [bold]{info.id}[/bold] ({info.n} examples)")
+    ds["params"] = {**ds["params"], "path": info.id}
 
 
 def _state(text: str) -> str:

@@ -33,7 +33,7 @@ TEXT_CHARS = 256
 """A text value: an op attribute, a dataset parameter, a tensor's name."""
 JOB_ID = re.compile(r"[0-9a-f]{20}")
 """A job id as the server makes them: 20 lowercase hex digits."""
-DATASET_ID = re.compile(r"[0-9a-f]{64}")
+DATASET_ID = re.compile(r"[0-9a-f]{6,64}")  # an uploaded dataset's id, or a prefix (6+ digits) of one
 """An uploaded dataset's id: the file's sha256 in lowercase hex."""
 REQUEST_ID_CHARS = 128
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % REQUEST_ID_CHARS)
@@ -181,8 +181,8 @@ def _check_dataset(ds: Any) -> None:
         ref = ds.params["path"]
         if ref.WhichOneof("value") != "text" or not DATASET_ID.fullmatch(ref.text):
             shown = clip(ref.text) if ref.WhichOneof("value") == "text" else "a non-string"
-            raise SpecError("dataset.params.path", f"must be the id of an uploaded dataset (64 hex digits; "
-                                                   f"see ListDatasets), got {shown}")
+            raise SpecError("dataset.params.path", f"must be the id of an uploaded dataset (64 hex digits, or a "
+                                                   f"unique prefix of 6 or more; see ListDatasets), got {shown}")
 
 
 def _check_attrs(attrs: Mapping[str, Any], field: str, limit: int) -> None:

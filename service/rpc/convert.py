@@ -501,8 +501,11 @@ def stats_to_pb(stats: Mapping[str, Any]) -> pb.JobStats:
 def dataset_info_to_pb(info: Mapping[str, Any]) -> pb.DatasetInfo:
     """A dataset registry entry (``JobStore.get_dataset``) as a DatasetInfo message."""
     msg = pb.DatasetInfo()
-    known = set(msg.DESCRIPTOR.fields_by_name) - {"created"}  # the registry may keep more (e.g. csv options)
+    lists = {"x_shape", "y_shape"}
+    known = set(msg.DESCRIPTOR.fields_by_name) - {"created"} - lists  # the registry may keep more (csv options)
     _set_scalars(msg, {k: v for k, v in info.items() if k in known}, "dataset_info")
+    for key in lists:
+        getattr(msg, key).extend(int(d) for d in info.get(key) or ())
     if info.get("created") is not None:
         _stamp(msg.created, info["created"])
     return msg

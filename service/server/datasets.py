@@ -62,6 +62,8 @@ SOURCE_OF = {fmt: name for name, fmt in UPLOAD_FORMATS.items()}
 CSV_OPTIONS = ("label", "header", "task", "delimiter")
 MAX_FILENAME_CHARS = 255
 PARTIAL_PREFIX = ".upload-"
+MIN_PREFIX = 6
+"""Shortest id prefix that names an upload in a spec."""
 
 
 class TooLarge(Exception):
@@ -97,16 +99,27 @@ class DatasetRegistry:
             return spec
         params = dict(ds.get("params") or {})
         ref = params.get("path")
-        try:
-            info = self.store.get_dataset(str(ref))
-        except DatasetNotFound:
-            raise SpecError("dataset.params.path", f"must be the id of an uploaded dataset "
-                                                   f"(see ListDatasets), got {ref!r}") from None
+        info = self.find(str(ref))
         if info["format"] != UPLOAD_FORMATS[ds["name"]]:
             raise SpecError("dataset.name", f"dataset {ref} is a {info['format']} upload, read by source "
                                             f"{SOURCE_OF[info['format']]!r}, not {ds['name']!r}")
         params.update(info.get("options", {}), path=str(self.path_of(info)))
         return {**spec, "dataset": {**ds, "params": params}}
+
+    def find(self, ref: str) -> dict[str, Any]:
+        """An uploaded dataset by its id or a unique prefix of it (`datasets ls` shows 16 digits)."""
+        try:
+            return self.store.get_dataset(ref)
+        except DatasetNotFound:
+            pass
+        matches = [d for d in self.store.list_datasets() if len(ref) >= MIN_PREFIX and d["id"].startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        problem = (f"is a prefix of {len(matches)} uploaded datasets' ids: give more digits" if matches else
+                   f"must be the id (or a unique prefix of {MIN_PREFIX}+ digits) of an uploaded dataset "
+                   f"(see `dptrain datasets ls`; a local file is uploaded by `dptrain datasets upload`, "
+                   f"or by `dptrain submit` itself)")
+        raise SpecError("dataset.params.path", f"{problem}, got {ref!r}")
 
     def check_fits(self, config: TrainConfig) -> None:
         """Model vs dataset shape and every size limit the data would hit at load, without loading any."""

@@ -544,7 +544,7 @@ class DatasetEnd(_message.Message):
     def __init__(self, size_bytes: _Optional[int] = ...) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("id", "format", "n", "n_features", "task", "n_classes", "size_bytes", "created", "filename", "n_outputs")
+    __slots__ = ("id", "format", "n", "n_features", "task", "n_classes", "size_bytes", "created", "filename", "n_outputs", "x_shape", "x_int", "y_shape", "n_chars", "vocab")
     ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
@@ -555,6 +555,11 @@ class DatasetInfo(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     N_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    X_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    X_INT_FIELD_NUMBER: _ClassVar[int]
+    Y_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    N_CHARS_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_FIELD_NUMBER: _ClassVar[int]
     id: str
     format: str
     n: int
@@ -565,7 +570,12 @@ class DatasetInfo(_message.Message):
     created: _timestamp_pb2.Timestamp
     filename: str
     n_outputs: int
-    def __init__(self, id: _Optional[str] = ..., format: _Optional[str] = ..., n: _Optional[int] = ..., n_features: _Optional[int] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., filename: _Optional[str] = ..., n_outputs: _Optional[int] = ...) -> None: ...
+    x_shape: _containers.RepeatedScalarFieldContainer[int]
+    x_int: bool
+    y_shape: _containers.RepeatedScalarFieldContainer[int]
+    n_chars: int
+    vocab: str
+    def __init__(self, id: _Optional[str] = ..., format: _Optional[str] = ..., n: _Optional[int] = ..., n_features: _Optional[int] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., filename: _Optional[str] = ..., n_outputs: _Optional[int] = ..., x_shape: _Optional[_Iterable[int]] = ..., x_int: _Optional[bool] = ..., y_shape: _Optional[_Iterable[int]] = ..., n_chars: _Optional[int] = ..., vocab: _Optional[str] = ...) -> None: ...
 
 class ListDatasetsRequest(_message.Message):
     __slots__ = ()

@@ -205,9 +205,9 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadDataset(self, request_iterator, context):
-        """Uploads a dataset file (npz or csv): first a header chunk, then data chunks, then
+        """Uploads a dataset file (npz, csv or txt): first a header chunk, then data chunks, then
         the end marker; nothing partial is ever stored. The returned id is the file's
-        sha256 for npz; for csv it also covers the parse options (the same bytes parsed
+        sha256 for npz and txt; for csv it also covers the parse options (the same bytes parsed
         another way are another dataset). Uploading the same thing twice is cheap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -59,6 +59,12 @@ def _positive(value: Any) -> str | None:
     return None
 
 
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}, got {show(value)}"
+    return check
+
+
 KINDS: dict[str, Callable[[Any], str | None]] = {
     "count": lambda v: _int(v, 1),  # units, channels, heads, vocabulary size
     "index": lambda v: _int(v, 0),  # slice bounds
@@ -71,6 +77,7 @@ KINDS: dict[str, Callable[[Any], str | None]] = {
     "bool": _bool,
     "prob": _prob,  # dropout rate
     "positive": _positive,  # epsilon, momentum
+    "approximate": _one_of("none", "tanh"),  # gelu's form, as PyTorch's `approximate`
 }
 LEGACY = {"units": "count", "start": "index", "stop": "index", "bias": "bool"}
 """Kinds of the attributes that predate `Op.attr_kinds`, by name."""

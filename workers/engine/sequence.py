@@ -63,10 +63,11 @@ def _model_vocab(op: Op) -> int:
 
 
 class Embedding(Op):
-    """out = W[id]: a learned `dim`-vector per token id, W (the input's vocab, dim), init N(0, 1) (nn.Embedding).
+    """out = W[id]: a learned `dim`-vector per token id, W (the input's vocab, dim), init N(0, std^2).
 
-    Attributes: `dim` (required). Reads the model input's token ids, any shape (T,) ->
-    (T, dim). W is (vocab, dim), vocab the input's, init N(0, 1) as PyTorch. Backward:
+    Attributes: `dim` (required), `std` (1.0: nn.Embedding's N(0, 1); GPT-2 uses 0.02,
+    which a tied `unembed` needs to start near log(vocab)). Reads the model input's token
+    ids, any shape (T,) -> (T, dim). W is (vocab, dim), vocab the input's. Backward:
     g_W[v] = the sum of g_out over the positions holding id v, added in position order
     (`scatter_add_rows`: deterministic, np.add.at's bits); ids get no gradient. Tie it to the
     output projection with an `unembed` node that has ``share: <this node>``.
@@ -75,7 +76,8 @@ class Embedding(Op):
     int_input = True
     param_names = ("W",)
     required_attrs = ("dim",)
-    attr_kinds = {"dim": "count"}
+    attr_defaults = {"std": 1.0}
+    attr_kinds = {"dim": "count", "std": "positive"}
     shares_with = ("unembed",)
 
     def out_shape(self, in_shapes):
@@ -86,7 +88,7 @@ class Embedding(Op):
         return {"W": (_model_vocab(self), int(self.attrs["dim"]))}
 
     def init_params(self, shapes, rng, scheme):
-        return {"W": rng.standard_normal(shapes["W"])}
+        return {"W": rng.standard_normal(shapes["W"]) * float(self.attrs["std"])}
 
     def forward(self, xs, p):
         self.ids, W = xs[0], p["W"]
