@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from dptrain.engine import Model, SpecError, gradcheck
+from dptrain.engine import Model, SpecError, conv, gradcheck
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,6 +140,24 @@ def test_conv1d_matches_finite_differences(case, seed):
     shape, attrs = case
     _gradcheck_ok({"input": shape, "layers": [{"op": "conv1d", **attrs}]},
                   np.random.default_rng(seed).standard_normal((2, *shape)), seed)
+
+
+@SETTINGS
+@given(case=conv2d_case(), seed=st.integers(0, 1000))
+def test_conv2d_in_blocks_of_one_example_is_pytorchs(case, seed):
+    """im2col runs in blocks of examples (conv.BLOCK_VALUES); with a block per example the
+    multi-block path is the one taken, and its values are PyTorch's. (Its bits may differ
+    from one block's: BLAS sums a 1-column product as a GEMV. Only a chunk's bits must be
+    fixed, and the blocks depend on the chunk and the layer alone.)"""
+    shape, attrs = case
+    spec = {"input": shape, "layers": [{"op": "conv2d", **attrs}]}
+    X = np.random.default_rng(seed).standard_normal((3, *shape))
+    saved, conv.BLOCK_VALUES = conv.BLOCK_VALUES, 1
+    try:
+        blocked = _against_torch(spec, X, _torch_conv2d(attrs), seed)
+        assert len(next(iter(blocked.graph.ops.values()))._blocks()) == 3
+    finally:
+        conv.BLOCK_VALUES = saved
 
 
 def test_conv_init_and_layout():

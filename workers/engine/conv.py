@@ -67,23 +67,30 @@ def window(xp: Array, i: int, j: int, out_hw: tuple[int, int], stride: tuple[int
     return xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
 
 
+BLOCK_VALUES = 1 << 18
+"""Values of im2col's matrix built at a time (1 MiB in float32): a block of examples stays in cache."""
+
+
 class _Conv(Op):
     """Shared by conv2d and conv1d: a 1-D example (C, L) runs as the image (C, 1, L)."""
 
     required_attrs = ("out", "kernel")
     attr_defaults = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True}
     rank = 2  # spatial axes of an example
+    _geom: tuple[tuple[int, int], ...] | None = None
 
     @property
     def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("W", "b") if self.attrs["bias"] else ("W",)
 
     def _geometry(self) -> tuple[tuple[int, int], ...]:
-        """(kernel, stride, padding, dilation), each as (height, width)."""
-        k, s, p, d = (pair(self.attrs[a]) for a in ("kernel", "stride", "padding", "dilation"))
-        if self.rank == 1:  # the height axis of the (C, 1, L) image is trivial
-            k, s, p, d = (1, k[1]), (1, s[1]), (0, p[1]), (1, d[1])
-        return k, s, p, d
+        """(kernel, stride, padding, dilation), each as (height, width); read once from the attributes."""
+        if self._geom is None:
+            k, s, p, d = (pair(self.attrs[a]) for a in ("kernel", "stride", "padding", "dilation"))
+            if self.rank == 1:  # the height axis of the (C, 1, L) image is trivial
+                k, s, p, d = (1, k[1]), (1, s[1]), (0, p[1]), (1, d[1])
+            self._geom = (k, s, p, d)
+        return self._geom
 
     def out_shape(self, in_shapes: Sequence[Shape]) -> Shape:
         shape = in_shapes[0]
@@ -124,40 +131,90 @@ class _Conv(Op):
         Co, G = int(self.attrs["out"]), int(self.attrs["groups"])
         oh, ow = out_size(H, kh, stride[0], pad[0], dil[0]), out_size(W, kw, stride[1], pad[1], dil[1])
         self.dims = (B, C, H, W, Co, G, oh, ow)
-        xp = padded(self, x4, pad, 0.0)
-        sb, sc, sy, sx = xp.strides
-        view = as_strided(xp, (C, kh, kw, B, oh, ow),
-                          (sc, dil[0] * sy, dil[1] * sx, sb, stride[0] * sy, stride[1] * sx), writeable=False)
-        self.cols = self.buf("cols", (C * kh * kw, B * oh * ow))
-        np.copyto(self.cols.reshape(view.shape), view)
-        self.W = p["W"].reshape(G, Co // G, -1)
-        out_t = self.buf("out_t", (Co, B, oh * ow))
-        np.matmul(self.W, self.cols.reshape(G, -1, B * oh * ow), out=out_t.reshape(G, Co // G, -1))
-        out = self.buf("out", (B, Co, oh * ow))
-        if "b" in p:
-            np.add(out_t.transpose(1, 0, 2), p["b"][:, None], out=out)
-        else:
-            np.copyto(out, out_t.transpose(1, 0, 2))
+        xp = np.ascontiguousarray(padded(self, x4, pad, 0.0))
+        self.rows = stride == (1, 1)  # windows are runs of the padded rows (see _windows)
+        Wp = W + 2 * pad[1]
+        self.L = (oh - 1) * Wp + ow if self.rows else oh * ow  # im2col columns per example
+        K = C * kh * kw
+        self.W = p["W"].reshape(G, Co // G, K // G)
+        self.cols = self.buf("cols", (K, B, self.L))
+        out = self.buf("out", (B, Co, oh, ow))
+        windows = self._windows(xp)
+        for b0, b1 in self._blocks():
+            cols = self.cols[:, b0:b1]
+            src = windows[:, :, :, b0:b1]
+            np.copyto(cols.reshape(src.shape), src)
+            out_t = self.buf("out_t", (Co, self.block, self.L))[:, :b1 - b0]
+            np.matmul(self.W, cols.reshape(G, K // G, -1), out=out_t.reshape(G, Co // G, -1))
+            valid = self._valid(out_t).transpose(1, 0, 2, 3)
+            if "b" in p:
+                np.add(valid, p["b"][:, None, None], out=out[b0:b1])
+            else:
+                np.copyto(out[b0:b1], valid)
         return out.reshape((B, Co, oh, ow) if self.rank == 2 else (B, Co, ow))
+
+    def _windows(self, xp: Array, writeable: bool = False) -> Array:
+        """The (C, kh, kw, B, L) view of the padded input (or its gradient) that im2col copies.
+
+        Stride 1: kernel offset (i, j)'s window, read as one run of L = (OH - 1) Wp + OW
+        values of each padded plane from (i dil, j dil), holds every output row with the
+        padded row's Wp - OW extra values between them; the extra columns of cols and of
+        the product are never used, and in backward they carry zeros. Long contiguous runs
+        make the copies (and col2im's adds) several times faster than OW-long ones.
+        Otherwise: the (C, kh, kw, B, OH, OW) strided view, flattened per example."""
+        B, C, H, W, Co, G, oh, ow = self.dims
+        (kh, kw), stride, _, dil = self._geometry()
+        b, (sb, sc, sy, sx) = xp.shape[0], xp.strides
+        if self.rows:
+            return as_strided(xp, (C, kh, kw, b, self.L), (sc, dil[0] * sy, dil[1] * sx, sb, sx), writeable=writeable)
+        return as_strided(xp, (C, kh, kw, b, oh, ow),
+                          (sc, dil[0] * sy, dil[1] * sx, sb, stride[0] * sy, stride[1] * sx), writeable=writeable)
+
+    def _valid(self, a: Array) -> Array:
+        """(X, b, L) -> the (X, b, OH, OW) view of its values at real output positions."""
+        B, C, H, W, Co, G, oh, ow = self.dims
+        if not self.rows:
+            return a.reshape(a.shape[0], a.shape[1], oh, ow)
+        s0, s1, s2 = a.strides
+        wp = (self.L - ow) // (oh - 1) if oh > 1 else ow
+        return as_strided(a, (a.shape[0], a.shape[1], oh, ow), (s0, s1, wp * s2, s2))
+
+    @property
+    def block(self) -> int:
+        """Examples per block: each block's im2col columns (about BLOCK_VALUES values) are
+        built, multiplied and, in backward, scattered back while they are in cache. It
+        depends on the layer alone, so a chunk's bits never depend on the batch."""
+        B, C, H, W, Co, G, oh, ow = self.dims
+        (kh, kw), *_ = self._geometry()
+        return max(1, min(B, BLOCK_VALUES // (C * kh * kw * self.L)))
+
+    def _blocks(self) -> list[tuple[int, int]]:
+        B, per = self.dims[0], self.block
+        return [(b0, min(b0 + per, B)) for b0 in range(0, B, per)]
 
     def backward(self, g_out, need, into=None):
         B, C, H, W, Co, G, oh, ow = self.dims
-        g_t = self.buf("g_t", (Co, B, oh * ow))  # g_out with the channel axis first, as the GEMMs read it
-        np.copyto(g_t, g_out.reshape(B, Co, oh * ow).transpose(1, 0, 2))
-        g_rows = g_t.reshape(Co, -1)
+        K, N = self.cols.shape[0], B * self.L
+        # g_out with the channel axis first, as the GEMMs read it; the unused columns stay 0
+        g_rows = self.ws.get("g_rows", (Co, B, self.L), self.dtype, zeroed=True)
+        np.copyto(self._valid(g_rows), g_out.reshape(B, Co, oh, ow).transpose(1, 0, 2, 3))
+        # g_W = g_out cols^T, computed as (cols g_out^T)^T: the faster orientation for BLAS here
+        g_Wt = self.buf("g_Wt", (G, K // G, Co // G))
+        np.matmul(self.cols.reshape(G, K // G, N), g_rows.reshape(G, Co // G, N).swapaxes(1, 2), out=g_Wt)
         grads = {"W": self.grad_dest(into, "W", self.param_shape)}
-        np.matmul(g_rows.reshape(G, Co // G, -1), self.cols.reshape(G, -1, g_rows.shape[1]).swapaxes(1, 2),
-                  out=grads["W"].reshape(self.W.shape))
+        np.copyto(grads["W"].reshape(self.W.shape), g_Wt.swapaxes(1, 2))
         if self.attrs["bias"]:
             grads["b"] = self.grad_dest(into, "b", (Co,))
-            ones = self.buf("ones", (g_rows.shape[1],))
-            ones.fill(1)
-            np.matmul(g_rows, ones, out=grads["b"])
+            np.sum(g_rows.reshape(Co, N), axis=1, out=grads["b"])
         if not need[0]:
             return [None], grads
-        g_cols = self.buf("g_cols", self.cols.shape)
-        np.matmul(self.W.swapaxes(1, 2), g_rows.reshape(G, Co // G, -1), out=g_cols.reshape(G, -1, g_rows.shape[1]))
-        return [self._col2im(g_cols).reshape(self.in_shape)], grads
+        g_pad = self._g_pad()
+        for b0, b1 in self._blocks():  # g_cols = W^T g_out, scattered back block by block
+            g_cols = self.buf("g_cols", (K, self.block, self.L))[:, :b1 - b0]
+            np.matmul(self.W.swapaxes(1, 2), g_rows[:, b0:b1].reshape(G, Co // G, -1),
+                      out=g_cols.reshape(G, K // G, -1))
+            self._col2im(g_cols, g_pad[b0:b1])
+        return [self._g_unpad(g_pad).reshape(self.in_shape)], grads
 
     @property
     def param_shape(self) -> Shape:
@@ -165,22 +222,35 @@ class _Conv(Op):
         (kh, kw), *_ = self._geometry()
         return (Co, C // G, kh, kw) if self.rank == 2 else (Co, C // G, kw)
 
-    def _col2im(self, g_cols: Array) -> Array:
-        """g_in: each kernel offset's slice of g_cols added onto the padded input's window, in a fixed order."""
-        B, C, H, W, Co, G, oh, ow = self.dims
-        (kh, kw), stride, (ph, pw), dil = self._geometry()
+    def _g_pad(self) -> Array:
+        """The zeroed gradient of the padded input, (B, C, H + 2 ph, W + 2 pw)."""
+        B, C, H, W, *_ = self.dims
+        _, _, (ph, pw), _ = self._geometry()
         g_pad = self.buf("g_pad", (B, C, H + 2 * ph, W + 2 * pw))
         g_pad.fill(0)
-        g6 = g_cols.reshape(C, kh, kw, B, oh, ow)
-        for i in range(kh):
-            for j in range(kw):
-                w = window(g_pad, i, j, (oh, ow), stride, dil)
-                np.add(w, g6[:, i, j].transpose(1, 0, 2, 3), out=w)
+        return g_pad
+
+    def _g_unpad(self, g_pad: Array) -> Array:
+        B, C, H, W, *_ = self.dims
+        _, _, (ph, pw), _ = self._geometry()
         if ph == 0 and pw == 0:
             return g_pad
         g_in = self.buf("g_in", (B, C, H, W))
         np.copyto(g_in, g_pad[:, :, ph:ph + H, pw:pw + W])
         return g_in
+
+    def _col2im(self, g_cols: Array, g_pad: Array) -> None:
+        """Each kernel offset's slice of a block's g_cols added onto the windows it was copied
+        from (the same views as forward's), offsets in a fixed order: every value's sum has
+        one order. In the stride-1 form the unused columns add zeros."""
+        B, C, H, W, Co, G, oh, ow = self.dims
+        (kh, kw), *_ = self._geometry()
+        windows = self._windows(g_pad, writeable=True)
+        g6 = g_cols.reshape(*windows.shape[:4], -1 if self.rows else oh, *(() if self.rows else (ow,)))
+        for i in range(kh):
+            for j in range(kw):
+                w = windows[:, i, j]
+                np.add(w, g6[:, i, j], out=w)
 
 
 class Conv2d(_Conv):

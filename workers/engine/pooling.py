@@ -50,11 +50,13 @@ class _Pool2d(Op):
         (kh, kw), _, _ = self.geom
         return [(i, j) for i in range(kh) for j in range(kw)]
 
-    def _g_pad(self) -> np.ndarray:
+    def _g_pad(self, fill: bool = True) -> np.ndarray:
+        """The gradient of the padded input, zeroed unless every value will be written."""
         B, C, H, W = self.in_shape
         (_, _, (ph, pw)) = self.geom
         g_pad = self.buf("g_pad", (B, C, H + 2 * ph, W + 2 * pw))
-        g_pad.fill(0)
+        if fill:
+            g_pad.fill(0)
         return g_pad
 
     def _g_in(self, g_pad: np.ndarray) -> np.ndarray:
@@ -102,7 +104,9 @@ class MaxPool2d(_Pool2d):
         # A non-finite g_out takes the masked add: inf * 0 would put NaN where a value is not the maximum.
         with np.errstate(invalid="ignore", over="ignore"):
             finite = bool(np.isfinite(g_out.sum()))
-        g_pad = self._g_pad()
+        (k_hw, _, pad) = self.geom
+        tiles = finite and k_hw == s and pad == (0, 0)  # windows that do not overlap: each value has one
+        g_pad = self._g_pad(fill=not tiles or any(n % k for n, k in zip(self.in_shape[2:], k_hw)))
         for k, (i, j) in enumerate(offsets):
             np.equal(window(self.xp, i, j, self.out_hw, s), self.out, out=hit)
             if k:
@@ -110,7 +114,9 @@ class MaxPool2d(_Pool2d):
             if k < len(offsets) - 1:
                 np.logical_or(claimed, hit, out=claimed) if k else np.copyto(claimed, hit)
             w = window(g_pad, i, j, self.out_hw, s)
-            if finite:
+            if tiles:  # written, not added: no other window holds these values
+                np.multiply(g_out, hit, out=w)
+            elif finite:
                 np.multiply(g_out, hit, out=share)
                 w += share
             else:

@@ -15,9 +15,11 @@ class Workspace:
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
 
-    def get(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    def get(self, key: str, shape: tuple[int, ...], dtype: np.dtype, zeroed: bool = False) -> np.ndarray:
+        """The array named `key`; a new one is zeros if `zeroed` (for callers that write only
+        part of it each time and need the rest to stay 0), else uninitialised."""
         a = self._arrays.get(key)
         if a is None or a.shape != shape or a.dtype != dtype:
-            a = np.empty(shape, dtype=dtype)
+            a = (np.zeros if zeroed else np.empty)(shape, dtype=dtype)
             self._arrays[key] = a
         return a
