@@ -2,7 +2,7 @@
 
     python bench/engine.py                    # every model, 1 BLAS/torch thread
     python bench/engine.py lenet gpt          # some models
-    python bench/engine.py --seconds 6        # longer timed windows, steadier figures
+    python bench/engine.py --rounds 9         # more alternating rounds, a steadier median
     python bench/engine.py mlp --threads 2    # two threads (noisy on a shared 2-vCPU machine)
 
 A step is forward + backward + an SGD update, float32, in training mode (dropout on).
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -233,7 +234,8 @@ def run_child(name: str, framework: str, seconds: float, threads: int) -> dict[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", choices=[[], *BENCHES], help="models to run (default: all)")
-    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model and framework")
+    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, framework and round")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating numpy/torch rounds; the median ratio is shown")
     ap.add_argument("--threads", type=int, default=1, help="BLAS / torch threads (default 1)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -246,18 +248,27 @@ def main() -> None:
     except ImportError:
         frameworks = ("numpy",)
         print("PyTorch not importable: numpy figures only (pip install torch==2.13.0 for the ratio)")
-    print(f"{args.threads} thread(s); samples/s of a training step, peak RSS growth in MiB")
-    print(f"{'model':>7} {'batch':>6} {'numpy/s':>9} {'torch/s':>9} {'ratio':>6} {'numpy MiB':>10} {'torch MiB':>10}")
+    print(f"{args.threads} thread(s), {args.rounds} alternating rounds: median samples/s of a training step, "
+          f"the median and range of the per-round ratios, peak RSS growth in MiB")
+    print(f"{'model':>7} {'batch':>6} {'numpy/s':>9} {'torch/s':>9} {'ratio':>6} {'(range)':>12} "
+          f"{'numpy MiB':>10} {'torch MiB':>10}")
     for name in args.models or BENCHES:
-        got = {fw: run_child(name, fw, args.seconds, args.threads) for fw in frameworks}
-        ours, theirs = got["numpy"], got.get("torch")
-        if ours is None:
+        rounds = [{fw: run_child(name, fw, args.seconds, args.threads) for fw in frameworks}
+                  for _ in range(args.rounds)]
+        if any(r["numpy"] is None for r in rounds):
             continue
-        ratio = f"{ours['samples_per_s'] / theirs['samples_per_s']:6.2f}" if theirs else "     -"
-        t_rate = f"{theirs['samples_per_s']:9,.0f}" if theirs else "        -"
-        t_mem = f"{theirs['peak_mib']:10.1f}" if theirs else "         -"
-        print(f"{name:>7} {BENCHES[name].batch:>6} {ours['samples_per_s']:9,.0f} {t_rate} {ratio} "
-              f"{ours['peak_mib']:10.1f} {t_mem}", flush=True)
+        ours = [r["numpy"] for r in rounds]
+        rate, mib = (statistics.median(x[k] for x in ours) for k in ("samples_per_s", "peak_mib"))
+        line = f"{name:>7} {BENCHES[name].batch:>6} {rate:9,.0f}"
+        if "torch" in frameworks and all(r["torch"] for r in rounds):
+            theirs = [r["torch"] for r in rounds]
+            ratios = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(ours, theirs)]
+            t_rate, t_mib = (statistics.median(x[k] for x in theirs) for k in ("samples_per_s", "peak_mib"))
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+            line += f" {t_rate:9,.0f} {statistics.median(ratios):6.2f} {spread:>12} {mib:10.1f} {t_mib:10.1f}"
+        else:
+            line += f" {'-':>9} {'-':>6} {'':>12} {mib:10.1f} {'-':>10}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

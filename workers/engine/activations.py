@@ -82,11 +82,13 @@ class ReLU(Pointwise):
         np.maximum(x, 0, out=out)
 
     def g(self, g_out, g_in):
-        mask = self.ws.get("mask", g_out.shape, np.dtype(bool))
-        np.greater(self.out, 0, out=mask)
-        np.multiply(g_out, mask, out=g_in)
-        if has_nan(g_in):
-            np.copyto(g_in, 0, where=np.isnan(g_in) & ~mask)
+        mask = self.ws.get("mask", (min(BLOCK, g_in.size),), np.dtype(bool))
+        for out, g_o, g_i in _in_blocks(self.out, g_out, g_in):  # the mask stays in cache
+            m = mask[:out.size]
+            np.greater(out, 0, out=m)
+            np.multiply(g_o, m, out=g_i)
+            if has_nan(g_i):
+                np.copyto(g_i, 0, where=np.isnan(g_i) & ~m)
 
 
 class LeakyReLU(Pointwise):
@@ -137,57 +139,70 @@ class GELU(Pointwise):
 
     Attribute `approximate` ("none": the exact erf form; "tanh": PyTorch's
     approximate="tanh", GPT-2's, Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2,
-    several times faster in float32). Forward keeps Phi for backward, so erf or tanh is
-    evaluated once per step.
+    several times faster in float32). Forward keeps Phi (and tanh's value) for backward,
+    so erf or tanh is evaluated once per step. Each form is a chain of elementwise passes,
+    run over blocks of BLOCK values so that the chain's intermediates stay in cache
+    (elementwise, so the bits are those of whole-array passes).
     """
 
     attr_defaults = {"approximate": "none"}
     attr_kinds = {"approximate": "approximate"}
 
     def f(self, x, out):
-        self.Phi = Phi = self.buf("Phi", x.shape)
-        if self.attrs["approximate"] == "tanh":
-            self._tanh_forward(x, Phi)
-        else:
-            np.multiply(x, _INV_SQRT2, out=Phi)
-            erf(Phi, out=Phi)
-            Phi += 1
-            Phi *= 0.5
-        np.multiply(Phi, x, out=out)
-
-    def _tanh_forward(self, x, Phi):
-        """Phi <- (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3); keeps tanh(u) as self.t."""
-        self.t = t = self.buf("t", x.shape)
-        np.multiply(x, x, out=t)
-        t *= _TANH_C
-        t += 1
-        t *= x
-        t *= _SQRT_2_OVER_PI
-        np.tanh(t, out=t)
-        np.add(t, 1, out=Phi)
-        Phi *= 0.5
+        self.Phi = self.buf("Phi", x.shape)
+        tanh = self.attrs["approximate"] == "tanh"
+        self.t = self.buf("t", x.shape) if tanh else None
+        for x_, out_, Phi, t in _in_blocks(x, out, self.Phi, self.t):
+            if tanh:  # t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), Phi = (1 + t) / 2
+                np.multiply(x_, x_, out=t)
+                t *= _TANH_C
+                t += 1
+                t *= x_
+                t *= _SQRT_2_OVER_PI
+                np.tanh(t, out=t)
+                np.add(t, 1, out=Phi)
+                Phi *= 0.5
+            else:
+                np.multiply(x_, _INV_SQRT2, out=Phi)
+                erf(Phi, out=Phi)
+                Phi += 1
+                Phi *= 0.5
+            np.multiply(Phi, x_, out=out_)
 
     def g(self, g_out, g_in):
-        x = self.x
-        dens = self.buf("dens", x.shape)  # x phi(x), or its tanh form
-        if self.attrs["approximate"] == "tanh":
-            # d/dx [x (1 + t) / 2] = Phi + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-            np.multiply(x, x, out=dens)
-            dens *= 3 * _TANH_C
-            dens += 1
-            dens *= _SQRT_2_OVER_PI / 2
-            dens *= x
-            np.multiply(self.t, self.t, out=g_in)
-            np.subtract(1, g_in, out=g_in)
-            dens *= g_in
-        else:
-            np.multiply(x, x, out=dens)
-            dens *= -0.5
-            np.exp(dens, out=dens)
-            dens *= _INV_SQRT2PI
-            dens *= x
-        np.add(self.Phi, dens, out=g_in)
-        g_in *= g_out
+        dens = self.buf("dens", self.x.shape)  # x phi(x), or its tanh form
+        tanh = self.attrs["approximate"] == "tanh"
+        for x, g_o, g_i, d, Phi, t in _in_blocks(self.x, g_out, g_in, dens, self.Phi, self.t):
+            if tanh:  # d/dx [x (1 + t) / 2] = Phi + x (1 - t^2) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+                np.multiply(x, x, out=d)
+                d *= 3 * _TANH_C
+                d += 1
+                d *= _SQRT_2_OVER_PI / 2
+                d *= x
+                np.multiply(t, t, out=g_i)
+                np.subtract(1, g_i, out=g_i)
+                d *= g_i
+            else:
+                np.multiply(x, x, out=d)
+                d *= -0.5
+                np.exp(d, out=d)
+                d *= _INV_SQRT2PI
+                d *= x
+            np.add(Phi, d, out=g_i)
+            g_i *= g_o
+
+
+BLOCK = 1 << 16
+"""Values per block of an elementwise chain (256 KiB in float32): its passes then run in L2."""
+
+
+def _in_blocks(*arrays):
+    """Matching flat slices of same-shaped arrays (None passes through), BLOCK values at a
+    time; slices of the arrays we write are views (our buffers are contiguous)."""
+    flat = [None if a is None else a.reshape(-1) for a in arrays]
+    n = flat[0].size
+    for lo in range(0, n, BLOCK):
+        yield [None if a is None else a[lo:lo + BLOCK] for a in flat]
 
 
 class Softplus(Pointwise):

@@ -67,7 +67,7 @@ def window(xp: Array, i: int, j: int, out_hw: tuple[int, int], stride: tuple[int
     return xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
 
 
-BLOCK_VALUES = 1 << 18
+BLOCK_VALUES = 1 << 17
 """Values of im2col's matrix built at a time (1 MiB in float32): a block of examples stays in cache."""
 
 
@@ -131,27 +131,32 @@ class _Conv(Op):
         Co, G = int(self.attrs["out"]), int(self.attrs["groups"])
         oh, ow = out_size(H, kh, stride[0], pad[0], dil[0]), out_size(W, kw, stride[1], pad[1], dil[1])
         self.dims = (B, C, H, W, Co, G, oh, ow)
-        xp = np.ascontiguousarray(padded(self, x4, pad, 0.0))
+        self.xp = np.ascontiguousarray(padded(self, x4, pad, 0.0))
         self.rows = stride == (1, 1)  # windows are runs of the padded rows (see _windows)
         Wp = W + 2 * pad[1]
         self.L = (oh - 1) * Wp + ow if self.rows else oh * ow  # im2col columns per example
-        K = C * kh * kw
-        self.W = p["W"].reshape(G, Co // G, K // G)
-        self.cols = self.buf("cols", (K, B, self.L))
+        self.W = p["W"].reshape(G, Co // G, -1)
         out = self.buf("out", (B, Co, oh, ow))
-        windows = self._windows(xp)
         for b0, b1 in self._blocks():
-            cols = self.cols[:, b0:b1]
-            src = windows[:, :, :, b0:b1]
-            np.copyto(cols.reshape(src.shape), src)
+            cols = self._im2col(b0, b1)
             out_t = self.buf("out_t", (Co, self.block, self.L))[:, :b1 - b0]
-            np.matmul(self.W, cols.reshape(G, K // G, -1), out=out_t.reshape(G, Co // G, -1))
+            np.matmul(self.W, cols.reshape(G, -1, cols.shape[1]), out=out_t.reshape(G, Co // G, -1))
             valid = self._valid(out_t).transpose(1, 0, 2, 3)
             if "b" in p:
                 np.add(valid, p["b"][:, None, None], out=out[b0:b1])
             else:
                 np.copyto(out[b0:b1], valid)
         return out.reshape((B, Co, oh, ow) if self.rank == 2 else (B, Co, ow))
+
+    def _im2col(self, b0: int, b1: int) -> Array:
+        """Examples [b0, b1)'s windows as the (C kh kw, (b1 - b0) L) matrix, in a reused
+        block-sized buffer: built when needed (forward, and again in backward) rather than
+        kept, so it never leaves the cache and the batch's columns are never stored."""
+        K = self.W.shape[0] * self.W.shape[2]
+        cols = self.buf("cols", (K, self.block, self.L))[:, :b1 - b0]
+        src = self._windows(self.xp)[:, :, :, b0:b1]
+        np.copyto(cols.reshape(src.shape), src)
+        return cols.reshape(K, -1)
 
     def _windows(self, xp: Array, writeable: bool = False) -> Array:
         """The (C, kh, kw, B, L) view of the padded input (or its gradient) that im2col copies.
@@ -193,27 +198,38 @@ class _Conv(Op):
         return [(b0, min(b0 + per, B)) for b0 in range(0, B, per)]
 
     def backward(self, g_out, need, into=None):
+        """Block by block: im2col again, g_W += cols g_out^T (as (cols g_out^T)^T, BLAS's
+        faster orientation), g_b += g_out 1, then g_cols = W^T g_out scattered back (col2im).
+        The blocks' sums are added in block order: a chunk's bits are fixed."""
         B, C, H, W, Co, G, oh, ow = self.dims
-        K, N = self.cols.shape[0], B * self.L
-        # g_out with the channel axis first, as the GEMMs read it; the unused columns stay 0
-        g_rows = self.ws.get("g_rows", (Co, B, self.L), self.dtype, zeroed=True)
-        np.copyto(self._valid(g_rows), g_out.reshape(B, Co, oh, ow).transpose(1, 0, 2, 3))
-        # g_W = g_out cols^T, computed as (cols g_out^T)^T: the faster orientation for BLAS here
-        g_Wt = self.buf("g_Wt", (G, K // G, Co // G))
-        np.matmul(self.cols.reshape(G, K // G, N), g_rows.reshape(G, Co // G, N).swapaxes(1, 2), out=g_Wt)
+        Kg = self.W.shape[2]  # rows of cols per group
+        g4 = g_out.reshape(B, Co, oh, ow)
+        g_Wt, part = self.buf("g_Wt", (G, Kg, Co // G)), self.buf("g_Wt_part", (G, Kg, Co // G))
+        g_b, g_b_part = self.buf("g_b", (Co,)), self.buf("g_b_part", (Co,))
+        g_pad = self._g_pad() if need[0] else None
+        # a block of g_out, channel axis first as the GEMMs read it; the unused columns stay 0
+        g_full = self.ws.get("g_rows", (Co, self.block, self.L), self.dtype, zeroed=True)
+        for n, (b0, b1) in enumerate(self._blocks()):
+            g_rows = g_full[:, :b1 - b0]
+            np.copyto(self._valid(g_rows), g4[b0:b1].transpose(1, 0, 2, 3))
+            g_rows = g_rows.reshape(G, Co // G, -1)
+            cols = self._im2col(b0, b1).reshape(G, Kg, -1)
+            np.matmul(cols, g_rows.swapaxes(1, 2), out=part if n else g_Wt)
+            np.sum(g_rows.reshape(Co, -1), axis=1, out=g_b_part if n else g_b)
+            if n:
+                g_Wt += part
+                g_b += g_b_part
+            if g_pad is not None:
+                g_cols = self.buf("g_cols", (G * Kg, self.block, self.L))[:, :b1 - b0]
+                np.matmul(self.W.swapaxes(1, 2), g_rows, out=g_cols.reshape(G, Kg, -1))
+                self._col2im(g_cols, g_pad[b0:b1])
         grads = {"W": self.grad_dest(into, "W", self.param_shape)}
         np.copyto(grads["W"].reshape(self.W.shape), g_Wt.swapaxes(1, 2))
         if self.attrs["bias"]:
             grads["b"] = self.grad_dest(into, "b", (Co,))
-            np.sum(g_rows.reshape(Co, N), axis=1, out=grads["b"])
-        if not need[0]:
+            np.copyto(grads["b"], g_b)
+        if g_pad is None:
             return [None], grads
-        g_pad = self._g_pad()
-        for b0, b1 in self._blocks():  # g_cols = W^T g_out, scattered back block by block
-            g_cols = self.buf("g_cols", (K, self.block, self.L))[:, :b1 - b0]
-            np.matmul(self.W.swapaxes(1, 2), g_rows[:, b0:b1].reshape(G, Co // G, -1),
-                      out=g_cols.reshape(G, K // G, -1))
-            self._col2im(g_cols, g_pad[b0:b1])
         return [self._g_unpad(g_pad).reshape(self.in_shape)], grads
 
     @property

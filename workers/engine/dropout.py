@@ -16,6 +16,8 @@ from .workspace import Workspace
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN32 = np.uint32(0x9E3779B9)
+_F1, _F2 = np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35)
 
 
 def _mix(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
@@ -38,23 +40,39 @@ def _key(seed: int, step: int, node: str) -> np.uint64:
     return base[0]
 
 
+def _row_keys(key: np.uint64, rows: np.ndarray) -> np.ndarray:
+    """A 32-bit key per example: the top half of SplitMix64(key + row golden)."""
+    z = rows.astype(np.uint64) * _GOLDEN + key
+    return (_mix(z, np.empty_like(z)) >> np.uint64(32)).astype(np.uint32)
+
+
+def _fmix32(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser, in place on uint32: a bijection with full avalanche,
+    in 32-bit lanes (SIMD-wide in numpy, where 64-bit multiplies are not)."""
+    for shift, mult in ((16, _F1), (13, _F2), (16, None)):
+        np.right_shift(z, np.uint32(shift), out=tmp)
+        z ^= tmp
+        if mult is not None:
+            z *= mult
+    return z
+
+
 def keep_mask(seed: int, step: int, node: str, rows: np.ndarray, size: int, p: float,
               ws: Workspace | None = None) -> np.ndarray:
     """(len(rows), size) booleans: value j of the example at dataset row r is kept with
-    probability 1 - p, decided by hash(seed, step, node, r, j) alone. The counter
-    r size + j + key is hashed; the top 53 bits, a uniform double in [0, 1) times 2^53, are
-    compared with p 2^53. `ws` lends the scratch arrays (a warm step then allocates nothing)."""
+    probability 1 - p, decided by hash(seed, step, node, r, j) alone: fmix32(rowkey(r) +
+    j golden32), a uniform 32-bit integer, is compared with p 2^32. `ws` lends the scratch
+    arrays (a warm step then allocates nothing)."""
     ws = ws or Workspace()
-    shape, u64 = (len(rows), size), np.dtype(np.uint64)
-    z, tmp = ws.get("z", shape, u64), ws.get("tmp", shape, u64)
+    shape, u32 = (len(rows), size), np.dtype(np.uint32)
+    z, tmp = ws.get("z", shape, u32), ws.get("tmp", shape, u32)
     with np.errstate(over="ignore"):
-        key = _key(seed, step, node)
-        np.multiply(rows.astype(np.uint64)[:, None], np.uint64(size), out=z)
-        z += np.arange(size, dtype=np.uint64)
-        z += key
-        z *= _GOLDEN
-        np.right_shift(_mix(z, tmp), np.uint64(11), out=tmp)
-    return np.greater_equal(tmp, np.uint64(round(p * (1 << 53))), out=ws.get("keep", shape, np.dtype(bool)))
+        steps = ws.get(f"steps{size}", (size,), u32)
+        np.multiply(np.arange(size, dtype=np.uint32), _GOLDEN32, out=steps)
+        np.add(_row_keys(_key(seed, step, node), rows)[:, None], steps, out=z)
+        _fmix32(z, tmp)
+    threshold = np.uint32(min(round(p * (1 << 32)), (1 << 32) - 1))
+    return np.greater_equal(z, threshold, out=ws.get("keep", shape, np.dtype(bool)))
 
 
 class Dropout(Op):

@@ -14,6 +14,9 @@ import numpy as np
 
 from .op import Array, Op
 
+_BLOCK_VALUES = 1 << 16
+"""Values per block of softmax's row-wise passes (256 KiB in float32)."""
+
 
 def softmax(x: Array, out: Array) -> Array:
     """out <- softmax(x) over the last axis, stably: the row maximum is subtracted first.
@@ -21,9 +24,14 @@ def softmax(x: Array, out: Array) -> Array:
     A -inf entry (a masked position) gets exactly 0, as long as its row has a finite entry.
     Row sums are a BLAS matrix-vector product (~5x numpy's sum over a short last axis).
     """
-    np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
-    np.exp(out, out=out)
-    out /= np.matmul(out, np.ones(out.shape[-1], dtype=out.dtype))[..., None]
+    n = x.shape[-1]
+    x2, out2, ones = x.reshape(-1, n), out.reshape(-1, n), np.ones(n, dtype=out.dtype)
+    rows = max(1, _BLOCK_VALUES // max(n, 1))
+    for lo in range(0, x2.shape[0], rows):  # blocks of rows: the passes run in cache
+        o = out2[lo:lo + rows]
+        np.subtract(x2[lo:lo + rows], x2[lo:lo + rows].max(axis=-1, keepdims=True), out=o)
+        np.exp(o, out=o)
+        o /= np.matmul(o, ones)[:, None]
     return out
 
 
