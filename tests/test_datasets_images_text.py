@@ -240,3 +240,34 @@ def test_txt_uploads_are_checked(server, client, tmp_path):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "wide.txt" in e.value.details() and "1030 distinct characters" in e.value.details()
     assert not [d for d in client.datasets() if d.filename == "wide.txt"]
+
+
+def token_job(dataset: dict, vocab: int, length: int) -> dict:
+    return {"model": {"input": {"shape": [length], "dtype": "int", "vocab": vocab},
+                      "layers": ["embedding 8", "unembed"], "loss": "cross_entropy"},
+            "dataset": dataset, "optimizer": {"name": "sgd", "lr": 0.1}, "epochs": 1}
+
+
+def test_a_vocabulary_smaller_than_the_datas_token_ids_is_refused_at_submit(server, client, tmp_path):
+    """Without the check the job would be accepted and fail at its first step (an id past the
+    embedding table); the submit names the field and the vocabulary the data needs."""
+    sequence = {"name": "sequence", "params": {"n": 64, "length": 6, "vocab": 12}}
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit(token_job(sequence, 10, 6))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model.input.vocab: is 10 but dataset 'sequence' has token ids up to 11: declare vocab >= 12" in (
+        e.value.details())
+    text = tmp_path / "abc.txt"
+    text.write_text("abcdefghij" * 30, encoding="utf-8")
+    info = client.upload_dataset(text)
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit(token_job({"name": "text", "params": {"path": info.id, "context": 8}}, 9, 8))
+    assert "declare vocab >= 10" in e.value.details()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "ids.npz", X=rng.integers(0, 40, (20, 5)), y=rng.integers(0, 7, (20, 5)))
+    info = client.upload_dataset(tmp_path / "ids.npz")
+    assert server.manager.store.get_dataset(info.id)["x_vocab"] == 40
+    with pytest.raises(grpc.RpcError) as e:  # the ids' bound (40), not the classes (7)
+        client.submit(token_job({"name": "npz", "params": {"path": info.id}}, 20, 5))
+    assert "declare vocab >= 40" in e.value.details()
+    client.submit(token_job({"name": "npz", "params": {"path": info.id}}, 40, 5))  # accepted

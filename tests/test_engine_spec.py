@@ -95,3 +95,21 @@ def test_shape_errors_name_the_layer_in_the_sequential_form():
                                                       "stop": 1}], "loss": "mse"})
     with pytest.raises(SpecError, match=r"^model\.nodes\[0\] \(s\)"):
         build_graph(dag)
+
+
+def test_the_shorthand_takes_an_ops_positional_attributes_in_order():
+    m = Model({"input": [1, 12, 12], "layers": ["conv2d 4 3", "relu", "max_pool2d 2", "flatten", "dropout 0.1",
+                                                "linear 3"], "loss": "cross_entropy"})
+    ops = m.graph.ops
+    assert ops["conv2d0"].attrs["out"] == 4 and ops["conv2d0"].attrs["kernel"] == 3
+    assert ops["max_pool2d2"].attrs["kernel"] == 2 and ops["dropout4"].attrs["p"] == 0.1
+    assert m.output_shape == (3,)
+    seq = Model({"input": {"shape": [8], "dtype": "int", "vocab": 11},
+                 "layers": ["embedding 16", "attention 4", "group_norm 2", "unembed"]})
+    assert seq.graph.ops["attention1"].attrs["heads"] == 4 and seq.output_shape == (8, 11)
+    with pytest.raises(SpecError, match=r"model.layers\[0\]: op 'conv2d' takes out, kernel in the shorthand"):
+        Model({"input": [1, 8, 8], "layers": ["conv2d 4 3 1"]})
+    with pytest.raises(SpecError, match=r"model.layers\[0\]: cannot read kernel from '3.5'"):
+        Model({"input": [1, 8, 8], "layers": ["conv2d 4 3.5"]})
+    with pytest.raises(SpecError, match=r"model.layers\[0\]: op 'relu' takes no argument"):
+        Model({"input": 4, "layers": ["relu 2"]})

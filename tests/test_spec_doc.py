@@ -46,3 +46,23 @@ def test_schema_command_imports_no_ray():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["title"] == "dptrain job"
+
+
+def test_every_example_validates_against_the_printed_schema(capsys):
+    """Editors check specs with `dptrain schema`: what the engine accepts, the schema must too
+    (list attributes such as kernel [3, 5], choices such as gelu's approximate, input forms)."""
+    import jsonschema
+    import yaml
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    for path in sorted((DOC.parent.parent / "examples").glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    bad = yaml.safe_load((DOC.parent.parent / "examples" / "lenet_mnist.yaml").read_text())
+    bad["model"]["layers"][0] = {"op": "conv2d", "out": 6, "kernel": {"h": 5}}
+    try:
+        jsonschema.validate(bad, schema)
+    except jsonschema.ValidationError:
+        pass
+    else:
+        raise AssertionError("a mapping as an attribute passed the schema")

@@ -85,15 +85,17 @@ def _number(x: float) -> str:
 
 def _ops() -> list[str]:
     lines = ["## model ops", "", "Each layer or node names an op; its attributes sit beside `op`. The shorthand",
-             "`\"op argument\"` sets the op's positional attribute (`\"linear 64\"` is `{op: linear, units: 64}`).", "",
-             "| op | what | inputs | attributes (default) | shorthand argument |", "|---|---|---|---|---|"]
+             "`\"op arguments\"` sets the op's positional attributes in order (`\"linear 64\"` is",
+             "`{op: linear, units: 64}`, `\"conv2d 16 5\"` is `{op: conv2d, out: 16, kernel: 5}`).", "",
+             "| op | what | inputs | attributes (default) | shorthand arguments |", "|---|---|---|---|---|"]
     for name in sorted(OPS):
         op = OPS[name]
         attrs = [f"`{a}` (required)" for a in op.required_attrs]
         attrs += [f"`{a}` ({json.dumps(v)})" for a, v in op.attr_defaults.items()]
         arity = "2 or more" if op.arity is None else str(op.arity)
         what = (op.__doc__ or "").strip().split("\n")[0].rstrip(".").replace("|", "\\|")
-        lines.append(f"| `{name}` | {what} | {arity} | {', '.join(attrs) or '-'} | {POSITIONAL.get(name, '-')} |")
+        positional = " ".join(POSITIONAL.get(name, ())) or "-"
+        lines.append(f"| `{name}` | {what} | {arity} | {', '.join(attrs) or '-'} | {positional} |")
     return lines + [""]
 
 

@@ -70,6 +70,10 @@ def check_compatible(model: Model, data: Layout, name: str) -> None:
         raise SpecError("model.input", f"dataset {name!r} holds " + ("token ids: declare {shape: ..., dtype: int, "
                                                                      "vocab: ...}" if data.x_int else
                                                                      "floats, not token ids"))
+    vocab = model.spec.input.vocab
+    if data.x_int and vocab is not None and data.x_vocab > vocab:
+        raise SpecError("model.input.vocab", f"is {vocab} but dataset {name!r} has token ids up to "
+                                             f"{data.x_vocab - 1}: declare vocab >= {data.x_vocab}")
     per_position = model.output_shape[:-1]
     if task == "classification" and per_position != data.y_shape:
         raise SpecError("model", f"outputs {list(model.output_shape)} per example do not fit labels of shape "

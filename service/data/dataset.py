@@ -38,6 +38,7 @@ class Layout:
     n_outputs: int  # classes, or the regression target's width
     x_int: bool = False  # X holds integer token ids
     y_shape: tuple[int, ...] = ()  # one example's labels: () one label, (tokens,) one per position
+    x_vocab: int = 0  # token ids: their bound (the largest id + 1); 0 for floats, or unknown
 
     @property
     def n_features(self) -> int:
@@ -88,8 +89,10 @@ class Dataset:
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.n, tuple(self.X.shape[1:]), self.task, self.n_outputs,
-                      self.X.dtype == np.int64, tuple(self.y.shape[1:]) if self.task == CLASSIFICATION else ())
+        ints = self.X.dtype == np.int64
+        return Layout(self.n, tuple(self.X.shape[1:]), self.task, self.n_outputs, ints,
+                      tuple(self.y.shape[1:]) if self.task == CLASSIFICATION else (),
+                      int(self.X.max()) + 1 if ints and self.X.size else 0)
 
     @property
     def n_outputs(self) -> int:

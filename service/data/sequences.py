@@ -86,7 +86,7 @@ def text_layout(n_chars: int, vocab_size: int, params: Mapping[str, Any], limits
         raise SpecError("params.stride", f"{n} windows of {context} characters build {2 * n * context} values "
                                          f"(2*n*context), over the limit of {limits.max_values} (max_values); "
                                          f"use a larger stride")
-    return Layout(n, (context,), CLASSIFICATION, vocab_size, True, (context,))
+    return Layout(n, (context,), CLASSIFICATION, vocab_size, True, (context,), vocab_size)
 
 
 def text(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,
@@ -103,7 +103,7 @@ def text(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = Non
 
 def sequence_layout(params: Mapping[str, Any]) -> Layout:
     length = params["length"]
-    return Layout(params["n"], (length,), CLASSIFICATION, params["vocab"], True, (length,))
+    return Layout(params["n"], (length,), CLASSIFICATION, params["vocab"], True, (length,), params["vocab"])
 
 
 def sequence(params: Mapping[str, Any], dtype: np.dtype, data_dir: Path | None = None,

@@ -148,7 +148,7 @@ class DatasetRegistry:
             return text_layout(info["n_chars"], len(info["vocab"]), p, limits)
         return Layout(info["n"], tuple(info.get("x_shape") or (info["n_features"],)), info["task"],
                       info["n_classes"] or info.get("n_outputs", 1), bool(info.get("x_int")),
-                      tuple(info.get("y_shape") or ()))
+                      tuple(info.get("y_shape") or ()), int(info.get("x_vocab") or 0))
 
     def _info_by_path(self, path: str) -> dict[str, Any]:
         return self.store.get_dataset(Path(path).stem)
@@ -254,6 +254,8 @@ def _record(layout: Layout, n_features: int) -> dict[str, Any]:
             "n_classes": layout.n_outputs if layout.task == "classification" else 0, "n_outputs": layout.n_outputs}
     if len(layout.x_shape) > 1 or layout.x_int or layout.y_shape:  # images, sequences
         info.update(x_shape=list(layout.x_shape), x_int=layout.x_int, y_shape=list(layout.y_shape))
+        if layout.x_int:
+            info["x_vocab"] = layout.x_vocab
     return info
 
 

@@ -544,7 +544,7 @@ class DatasetEnd(_message.Message):
     def __init__(self, size_bytes: _Optional[int] = ...) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("id", "format", "n", "n_features", "task", "n_classes", "size_bytes", "created", "filename", "n_outputs", "x_shape", "x_int", "y_shape", "n_chars", "vocab")
+    __slots__ = ("id", "format", "n", "n_features", "task", "n_classes", "size_bytes", "created", "filename", "n_outputs", "x_shape", "x_int", "x_vocab", "y_shape", "n_chars", "vocab")
     ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
@@ -557,6 +557,7 @@ class DatasetInfo(_message.Message):
     N_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     X_SHAPE_FIELD_NUMBER: _ClassVar[int]
     X_INT_FIELD_NUMBER: _ClassVar[int]
+    X_VOCAB_FIELD_NUMBER: _ClassVar[int]
     Y_SHAPE_FIELD_NUMBER: _ClassVar[int]
     N_CHARS_FIELD_NUMBER: _ClassVar[int]
     VOCAB_FIELD_NUMBER: _ClassVar[int]
@@ -572,10 +573,11 @@ class DatasetInfo(_message.Message):
     n_outputs: int
     x_shape: _containers.RepeatedScalarFieldContainer[int]
     x_int: bool
+    x_vocab: int
     y_shape: _containers.RepeatedScalarFieldContainer[int]
     n_chars: int
     vocab: str
-    def __init__(self, id: _Optional[str] = ..., format: _Optional[str] = ..., n: _Optional[int] = ..., n_features: _Optional[int] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., filename: _Optional[str] = ..., n_outputs: _Optional[int] = ..., x_shape: _Optional[_Iterable[int]] = ..., x_int: _Optional[bool] = ..., y_shape: _Optional[_Iterable[int]] = ..., n_chars: _Optional[int] = ..., vocab: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., format: _Optional[str] = ..., n: _Optional[int] = ..., n_features: _Optional[int] = ..., task: _Optional[str] = ..., n_classes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., filename: _Optional[str] = ..., n_outputs: _Optional[int] = ..., x_shape: _Optional[_Iterable[int]] = ..., x_int: _Optional[bool] = ..., x_vocab: _Optional[int] = ..., y_shape: _Optional[_Iterable[int]] = ..., n_chars: _Optional[int] = ..., vocab: _Optional[str] = ...) -> None: ...
 
 class ListDatasetsRequest(_message.Message):
     __slots__ = ()

@@ -28,9 +28,13 @@ OPS: dict[str, type[Op]] = {
     "global_avg_pool": GlobalAvgPool, "flatten": Flatten, "reshape": Reshape, "transpose": Transpose,
 }
 
-# "linear 512", "leaky_relu 0.1", "pow 2": the attribute a bare argument sets.
-POSITIONAL = {"linear": "units", "leaky_relu": "alpha", "elu": "alpha", "pow": "exponent",
-              "prelu": "init", "dropout": "p"}
+# "linear 512", "leaky_relu 0.1", "conv2d 16 5": the attributes bare arguments set, in order
+# (an op may be given fewer: "conv2d 16" still needs its kernel beside it, in the mapping form).
+POSITIONAL: dict[str, tuple[str, ...]] = {
+    "linear": ("units",), "leaky_relu": ("alpha",), "elu": ("alpha",), "pow": ("exponent",), "prelu": ("init",),
+    "dropout": ("p",), "conv2d": ("out", "kernel"), "conv1d": ("out", "kernel"), "max_pool2d": ("kernel",),
+    "avg_pool2d": ("kernel",), "attention": ("heads",), "embedding": ("dim",), "group_norm": ("groups",),
+}
 
 # Activations after which a linear layer is initialised with He's scheme.
 RELU_LIKE = {"relu", "leaky_relu", "elu", "gelu", "prelu", "softplus"}

@@ -284,19 +284,26 @@ def parse_layer(layer: Any, where: str) -> tuple[Any, dict[str, Any]]:
 
 
 def _shorthand(text: str, where: str) -> tuple[str, dict[str, Any]]:
-    parts = text.split()
-    if not parts or len(parts) > 2:
+    """"op", or "op a b": the op's positional attributes (registry.POSITIONAL) in order;
+    integers for the integer kinds (units, channels, kernel sizes), numbers otherwise."""
+    op, *args = text.split() or [""]
+    if not op:
         raise SpecError(where, f"expected 'op' or 'op argument', got {show(text)}")
-    op = parts[0]
-    if len(parts) == 1:
-        return op, {}
-    if op not in POSITIONAL:
-        raise SpecError(where, f"op {show(op)} takes no argument in the shorthand, got {show(text)}")
-    try:
-        value: Any = int(parts[1]) if POSITIONAL[op] == "units" else float(parts[1])
-    except ValueError:
-        raise SpecError(where, f"cannot read {POSITIONAL[op]} from {show(parts[1])}") from None
-    return op, {POSITIONAL[op]: value}
+    names = POSITIONAL.get(op, ())
+    if len(args) > len(names):
+        takes = f"takes {', '.join(names)}" if names else "takes no argument"
+        raise SpecError(where, f"op {show(op)} {takes} in the shorthand, got {show(text)}")
+    given: dict[str, Any] = {}
+    for name, arg in zip(names, args):
+        kind = OPS[op].attr_kinds.get(name) or attrs.LEGACY.get(name)
+        try:
+            given[name] = int(arg) if kind in _INT_KINDS else float(arg)
+        except ValueError:
+            raise SpecError(where, f"cannot read {name} from {show(arg)}") from None
+    return op, given
+
+
+_INT_KINDS = {"count", "index", "pair", "pair0", "single", "single0"}
 
 
 def _dag(raw: Any, path: str, limits: Limits, errs: Errors) -> tuple[list[NodeSpec], bool]:
@@ -404,11 +411,13 @@ def _attr_problem(op: str, key: str, value: Any, limits: Limits) -> str | None:
 def json_schema(limits: Limits = Limits()) -> dict[str, Any]:
     """The model spec's JSON Schema, from the op and loss registries (for ``dptrain schema``)."""
     ops = sorted(OPS)
-    attr = {"type": ["number", "integer", "boolean"]}
+    attr = {"type": ["number", "integer", "boolean", "string", "array"], "items": {"type": "integer"},
+            "description": "an attribute: a number, a flag, a choice (gelu approximate) or integers ([3, 5])"}
     op_attrs = {"type": "object", "properties": {"op": {"enum": ops}}, "required": ["op"],
                 "additionalProperties": attr, "description": "an op and its attributes"}
-    layer = {"anyOf": [{"type": "string", "description": "'op' or 'op argument', e.g. 'linear 64', 'leaky_relu "
-                                                         "0.1' (the argument of: " + ", ".join(POSITIONAL) + ")"},
+    positional = ", ".join(f"{op} {' '.join(args)}" for op, args in POSITIONAL.items())
+    layer = {"anyOf": [{"type": "string", "description": "'op' or 'op arguments', e.g. 'linear 64', 'leaky_relu "
+                                                         f"0.1', 'conv2d 16 5' (arguments: {positional})"},
                        op_attrs]}
     node = {"type": "object", "required": ["name", "op", "inputs"], "additionalProperties": attr,
             "properties": {"name": {"type": "string", "pattern": _NAME.pattern, "description": "the node's name"},
