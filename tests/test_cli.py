@@ -86,7 +86,7 @@ def test_job_commands(cli, tmp_path):
     assert "already SUCCEEDED" in cli("cancel", job, ok=False)
     assert "no job with an id starting with 'nope'" in cli("status", "nope", ok=False)
     assert "NOT_FOUND: no job with id '0000000000000000000f'" in cli("status", "0000000000000000000f", ok=False)
-    assert f"job {job}" in cli("status", job[:10])  # a unique prefix
+    assert f"job {job}" in cli("status", job[:16])  # a unique prefix (the first 12 digits are the time in ms)
 
 
 def test_resume_a_cancelled_job_by_prefix(cli):
@@ -307,3 +307,35 @@ def test_prometheus_has_each_running_jobs_loss_and_accuracy(server):
         c.wait(job)
     time.sleep(0.5)
     assert f'job="{job}"' not in generate_latest(REGISTRY).decode()
+
+
+def test_weights_in_torch_layout_load_into_the_same_pytorch_model(cli, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    out = cli("submit", str(ROOT / "examples" / "digits_mlp.yaml"), "--set", "steps=5", "--set", "val_every=0",
+              "--watch")
+    job = re.search(r"submitted job (\w+)", out).group(1)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    for name, read in (("m.pt", torch.load), ("m.safetensors", load_file)):
+        assert "in PyTorch's layout" in cli("weights", job, "-o", str(tmp_path / name), "--layout", "torch")
+        net.load_state_dict(read(str(tmp_path / name)), strict=True)
+    X = np.random.default_rng(0).random((4, 64)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", X=X)
+    cli("predict", job, str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"))
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.from_numpy(X)).numpy(), np.load(tmp_path / "y.npz")["outputs"],
+                                   rtol=1e-5, atol=1e-6)
+    cli("weights", job, "-o", str(tmp_path / "engine.pt"))  # the engine's own names and layout
+    assert torch.load(str(tmp_path / "engine.pt"))["linear0.W"].shape == (64, 128)
+
+
+def test_a_test_split_is_reported_by_status_and_metrics(cli):
+    out = cli("submit", str(ROOT / "examples" / "digits_mlp.yaml"), "--set", "dataset.test_fraction=0.1",
+              "--set", "epochs=2", "--watch")
+    job = re.search(r"submitted job (\w+)", out).group(1)
+    assert "test accuracy" in out and "test accuracy" in cli("status", job)
+    lines = cli("metrics", job, "--csv").splitlines()
+    header, last = lines[0].split(","), dict(zip(lines[0].split(","), lines[-1].split(",")))
+    assert {"test_loss", "test_accuracy"} <= set(header) and 0.5 < float(last["test_accuracy"]) <= 1
+    assert lines[1].split(",")[header.index("test_loss")] == ""  # only the last step has it

@@ -38,9 +38,9 @@ def run_demo(args: argparse.Namespace) -> int:
     import logging
 
     from dptrain.client import Client
+    from dptrain.export import save_weights
     from dptrain.server import ServerConfig, serve
 
-    from .export import save_weights
     from .progress import console, follow
 
     logging.getLogger("service").setLevel(logging.WARNING)

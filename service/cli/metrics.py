@@ -13,8 +13,9 @@ import sys
 from .progress import console
 from .remote import JOB_HELP, add_connection_args, client
 
+OPTIONAL = ("accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy")  # None where a step has none
 COLUMNS = ("step", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "grad_norm", "batch",
-           "samples_per_s", "step_s", "failures")
+           "samples_per_s", "step_s", "failures", "test_loss", "test_accuracy")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,7 @@ def rows(c, job_id: str, from_step: int = 0):
     """Each recorded step as a dict of COLUMNS (None where a step has no value)."""
     for m in c.metrics(job_id, from_step):
         row = {k: getattr(m, k) for k in COLUMNS}
-        for k in ("accuracy", "val_loss", "val_accuracy"):
+        for k in OPTIONAL:
             if not m.HasField(k):
                 row[k] = None
         yield row

@@ -52,6 +52,10 @@ def summary(job: pb.Job, last: pb.StepMetrics | None = None) -> None:
             t.add_row("validation loss", f"{m.val_loss:.4f}")
         if m.HasField("val_accuracy"):
             t.add_row("validation accuracy", f"{m.val_accuracy:.4f}")
+        if m.HasField("test_loss"):
+            t.add_row("test loss (held out, final weights)", f"{m.test_loss:.4f}")
+        if m.HasField("test_accuracy"):
+            t.add_row("test accuracy", f"{m.test_accuracy:.4f}")
     if job.error:
         t.add_row("error", f"[red]{job.error}")
     console.print(t)

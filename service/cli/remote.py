@@ -57,9 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmd("cancel", cancel, "cancel a queued or running job").add_argument("job", help=JOB_HELP)
     cmd("resume", resume, "requeue a failed or cancelled job from its newest intact checkpoint").add_argument(
         "job", help=JOB_HELP)
-    p = cmd("weights", weights, "download a job's weights (.npz or .safetensors)")
+    p = cmd("weights", weights, "download a job's weights (.npz, .safetensors or .pt)")
     p.add_argument("job", help=JOB_HELP)
-    p.add_argument("-o", "--output", required=True, help="file to write: .npz or .safetensors")
+    p.add_argument("-o", "--output", required=True, help="file to write: .npz, .safetensors or .pt (needs PyTorch)")
+    p.add_argument("--layout", choices=["dptrain", "torch"], default="dptrain",
+                   help="torch: PyTorch's module names and (out, in) weights, for load_state_dict "
+                        "(docs/export.md); default: the engine's names (linear0.W)")
     p.add_argument("--step", type=int, help="a checkpointed step instead of the latest weights")
     p = cmd("predict", predict, "run a job's model on inputs from an .npz (array X)")
     p.add_argument("job", help=JOB_HELP)
@@ -203,12 +206,18 @@ def resume(args: argparse.Namespace) -> int:
 
 
 def weights(args: argparse.Namespace) -> int:
-    from .export import save_weights
+    from dptrain.export import save_weights, torch_state_dict
 
     with client(args) as c:
-        version, step, arrays = c.weights(c.resolve(args.job), args.step)
+        job_id = c.resolve(args.job)
+        version, step, arrays = c.weights(job_id, args.step)
+        if args.layout == "torch":
+            from dptrain.rpc import convert
+
+            arrays = torch_state_dict(convert.job_spec_to_dict(c.get(job_id).spec), arrays)
     save_weights(args.output, arrays)
-    console.print(f"wrote {len(arrays)} tensors (version {version}, step {step}) to {args.output}")
+    layout = " in PyTorch's layout (load_state_dict)" if args.layout == "torch" else ""
+    console.print(f"wrote {len(arrays)} tensors (version {version}, step {step}){layout} to {args.output}")
     return 0
 
 

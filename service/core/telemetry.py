@@ -29,6 +29,8 @@ class StepMetrics:
     failures: int = 0  # worker failures recovered during this step
     val_loss: float | None = None
     val_accuracy: float | None = None
+    test_loss: float | None = None  # the last step only, with a test split
+    test_accuracy: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

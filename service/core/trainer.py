@@ -33,7 +33,7 @@ from dptrain.core.optim import make_optimizer
 from dptrain.core.reduce import Buffers, Reduced, Reduction, worker_runs
 from dptrain.core.shard import Plan, PlanKind, WorkerJob, epoch_permutation
 from dptrain.core.telemetry import StepMetrics, WorkerTiming
-from dptrain.data import Dataset, Layout, load_dataset
+from dptrain.data import Dataset, Layout, load_splits
 from dptrain.engine import Model, SpecError
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,10 @@ class Trainer:
         `dptrain.execution.waiting.Cancelled` within a fraction of a second, in this constructor too."""
         self.config = config
         self.model = config.build_model()
-        self.train, self.val = data or load_dataset(config.dataset, dtype=config.dtype)
+        if data is None:
+            self.train, self.val, self.test = load_splits(config.dataset, dtype=config.dtype)
+        else:
+            (self.train, self.val), self.test = data, None
         check_compatible(self.model, self.train.layout, self.train.name)
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
@@ -205,6 +208,8 @@ class Trainer:
                 log.info("%s", self.stopped)
         if self.done:
             self.ledger.close()  # the last epoch is over however the steps are driven
+            if self.test is not None:
+                m.test_loss, m.test_accuracy = self.evaluate_test()
         if self.on_step:
             self.on_step(m)
         return m
@@ -227,6 +232,18 @@ class Trainer:
         (_, _, total), _ = self._compute(self._plans(n, kind=PlanKind.EVALUATE))
         acc = total.correct / total.count if self.val.task == "classification" else None
         return total.loss / total.count, acc
+
+    def evaluate_test(self) -> tuple[float, float | None]:
+        """The held-out test set's loss and accuracy on the current weights, once, at the end.
+
+        Here in the coordinator, a chunk at a time in evaluation mode: the test set never
+        travels to the workers, and the result has the one process's fixed bits."""
+        ds, chunk = self.test, self.config.chunk_size
+        parts = [self.model.evaluate(self.state.theta, ds.X[lo:lo + chunk], ds.y[lo:lo + chunk])
+                 for lo in range(0, ds.n, chunk)]
+        count = sum(p.count for p in parts)
+        acc = sum(p.correct for p in parts) / count if ds.task == "classification" else None
+        return math.fsum(p.loss for p in parts) / count, acc
 
     # --- control --------------------------------------------------------------------
     def resize(self, workers: int) -> None:

@@ -1,4 +1,4 @@
-"""Data sources: each source's parameters, loader and shapes, and the train/validation split.
+"""Data sources: each source's parameters, loader and shapes, and the train/validation/test split.
 
 Used by the trainer (which ships arrays to workers) and by the server (which checks a job's
 dataset before accepting it); workers never load data themselves. May import
@@ -15,10 +15,10 @@ and shapes (images), sequence (a synthetic sequence task), and npz, csv, text (u
 bounds), loader and shape; docs/spec.md lists them.
 """
 
-from .dataset import CLASSIFICATION, REGRESSION, Dataset, Layout, train_val_split
+from .dataset import CLASSIFICATION, REGRESSION, Dataset, Layout, Splits, split, train_val_split
 from .files import from_arrays
 from .limits import MAX_FILE_BYTES, MAX_VALUES, DataLimits
-from .loader import LOADERS, MAX_EXAMPLES, MAX_FEATURES, SOURCES, Source, check_limits, load_dataset
+from .loader import LOADERS, MAX_EXAMPLES, MAX_FEATURES, SOURCES, Source, check_limits, load_dataset, load_splits
 from .sequences import Text, read_text, text_layout
 from .spec import MAX_CLASSES, MAX_VOCAB, PARAM_SCHEMAS, DatasetSpec, SpecError
 
@@ -30,6 +30,9 @@ __all__ = [
     "DatasetSpec",
     "SpecError",
     "load_dataset",
+    "load_splits",
+    "split",
+    "Splits",
     "check_limits",
     "DataLimits",
     "train_val_split",

@@ -1,13 +1,14 @@
-"""The in-memory ``Dataset`` container and the seeded train/validation split."""
+"""The in-memory ``Dataset`` container and the seeded train/validation/test split."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Dataset", "Layout", "CLASSIFICATION", "REGRESSION", "train_val_split", "as_float_dtype"]
+__all__ = ["Dataset", "Layout", "Splits", "CLASSIFICATION", "REGRESSION", "split", "train_val_split", "as_float_dtype"]
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -114,17 +115,35 @@ def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
     return n - n_val, n_val
 
 
-def train_val_split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
-    """Deterministic split chosen by ``default_rng(seed).permutation``.
+class Splits(NamedTuple):
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+
+
+def split(ds: Dataset, val_fraction: float, seed: int, test_fraction: float = 0.0) -> Splits:
+    """Deterministic split chosen by ``default_rng(seed).permutation``: the first n_val
+    indices validate, the next n_test test, the rest train (with no test split, exactly the
+    train/validation split of earlier versions).
 
     Each part keeps the source's row order (indices are sorted), so the train
     set for a given seed does not depend on how the data loader later shuffles.
     Raises ValueError if the split would leave no training examples.
     """
-    n_train, n_val = split_sizes(ds.n, val_fraction)
-    if n_val == 0:
-        return ds, None
-    if n_train < 1:
-        raise ValueError(f"val_fraction={val_fraction} leaves no training examples out of {ds.n}")
+    _, n_val = split_sizes(ds.n, val_fraction)
+    _, n_test = split_sizes(ds.n, test_fraction)
+    if n_val == 0 and n_test == 0:
+        return Splits(ds, None, None)
+    if n_val + n_test >= ds.n:
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} leave no training "
+                         f"examples out of {ds.n}")
     perm = np.random.default_rng(seed).permutation(ds.n)
-    return ds.take(np.sort(perm[n_val:])), ds.take(np.sort(perm[:n_val]))
+    val, test, train = np.split(perm, [n_val, n_val + n_test])
+    return Splits(ds.take(np.sort(train)), ds.take(np.sort(val)) if n_val else None,
+                  ds.take(np.sort(test)) if n_test else None)
+
+
+def train_val_split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """The train and validation parts of :func:`split` without a test set."""
+    train, val, _ = split(ds, val_fraction, seed)
+    return train, val

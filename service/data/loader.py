@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import files, images, sequences, synthetic
-from .dataset import CLASSIFICATION, REGRESSION, Dataset, Layout, as_float_dtype, train_val_split
+from .dataset import CLASSIFICATION, REGRESSION, Dataset, Layout, Splits, as_float_dtype, split
 from .limits import MAX_EXAMPLES, MAX_FEATURES, MAX_FILE_BYTES, MAX_VALUES, DataLimits
 from .spec import PARAM_SCHEMAS, DatasetSpec, Params, SpecError
 
@@ -116,13 +116,26 @@ def load_dataset(
     spec: DatasetSpec | Mapping[str, Any],
     dtype: Any = np.float32,
     data_dir: str | os.PathLike[str] | None = None,
+    **limits: int | None,
+) -> tuple[Dataset, Dataset | None]:
+    """The training and validation parts of :func:`load_splits` (validation None when
+    val_fraction is 0); keyword limits as there."""
+    train, val, _ = load_splits(spec, dtype, data_dir, **limits)
+    return train, val
+
+
+def load_splits(
+    spec: DatasetSpec | Mapping[str, Any],
+    dtype: Any = np.float32,
+    data_dir: str | os.PathLike[str] | None = None,
     *,
     max_examples: int | None = None,
     max_features: int | None = None,
     max_values: int | None = None,
     max_file_bytes: int | None = None,
-) -> tuple[Dataset, Dataset | None]:
-    """Build the dataset and its seeded split; ``validation`` is None when val_fraction is 0.
+) -> Splits:
+    """Build the dataset and its seeded train/validation/test split (a part is None when its
+    fraction is 0).
 
     Deterministic: the same spec yields bitwise-identical arrays on every call
     and every worker. Limits default to the module-level ``MAX_EXAMPLES``,
@@ -139,6 +152,6 @@ def load_dataset(
     ds = SOURCES[spec.name].load(spec.params, dt, Path(data_dir) if data_dir is not None else None, limits)
     _check_loaded(spec, ds, limits)
     try:
-        return train_val_split(ds, spec.val_fraction, spec.seed)
+        return split(ds, spec.val_fraction, spec.seed, spec.test_fraction)
     except ValueError as exc:
         raise SpecError("val_fraction", str(exc)) from None

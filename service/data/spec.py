@@ -262,10 +262,19 @@ class DatasetSpec(Spec):
     params: ParamsField = Field(default_factory=dict, validate_default=True,
                                 description="the source's parameters (see below)")
     val_fraction: Num(0.0, 1.0, hi_open=True) = Field(0.0, description="share of examples held out for validation")
+    test_fraction: Num(0.0, 1.0, hi_open=True) = Field(
+        0.0, description="share held out as a test set, evaluated once on the final weights")
     seed: Int(0) = Field(0, description="seeds the split (and the generator, unless params.seed)")
 
     spec_path: ClassVar[str] = "dataset"
     spec_error: ClassVar[type[EngineSpecError]] = SpecError
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> DatasetSpec:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"test_fraction: val_fraction {self.val_fraction} + test_fraction "
+                             f"{self.test_fraction} leave nothing to train on (their sum must be < 1)")
+        return self
 
     @model_validator(mode="after")
     def _seed_params(self) -> DatasetSpec:
@@ -280,4 +289,7 @@ class DatasetSpec(Spec):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (with defaults filled in) for logs, checkpoints and RPCs."""
-        return {"name": self.name, "params": dict(self.params), "val_fraction": self.val_fraction, "seed": self.seed}
+        d = {"name": self.name, "params": dict(self.params), "val_fraction": self.val_fraction, "seed": self.seed}
+        if self.test_fraction:  # only when used: specs written before it keep their form
+            d["test_fraction"] = self.test_fraction
+        return d

@@ -129,7 +129,7 @@ class ModelSpec(_message.Message):
     def __init__(self, input: _Optional[int] = ..., loss: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., output: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_tokens: _Optional[bool] = ..., vocab: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., recompute_every: _Optional[int] = ..., recompute_ranges: _Optional[_Iterable[_Union[NodeRange, _Mapping]]] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("name", "params", "val_fraction", "seed")
+    __slots__ = ("name", "params", "val_fraction", "seed", "test_fraction")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -141,11 +141,13 @@ class DatasetSpec(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    TEST_FRACTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     params: _containers.MessageMap[str, AttrValue]
     val_fraction: float
     seed: int
-    def __init__(self, name: _Optional[str] = ..., params: _Optional[_Mapping[str, AttrValue]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    test_fraction: float
+    def __init__(self, name: _Optional[str] = ..., params: _Optional[_Mapping[str, AttrValue]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., test_fraction: _Optional[float] = ...) -> None: ...
 
 class ScheduleSpec(_message.Message):
     __slots__ = ("name", "warmup_steps", "step_size", "gamma", "total_steps", "min_lr")
@@ -356,7 +358,7 @@ class WorkerTiming(_message.Message):
     def __init__(self, worker: _Optional[int] = ..., node: _Optional[str] = ..., compute_s: _Optional[float] = ..., total_s: _Optional[float] = ..., straggler: _Optional[bool] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
-    __slots__ = ("step", "epoch", "loss", "accuracy", "grad_norm", "lr", "batch", "samples_per_s", "step_s", "version", "workers", "failures", "val_loss", "val_accuracy")
+    __slots__ = ("step", "epoch", "loss", "accuracy", "grad_norm", "lr", "batch", "samples_per_s", "step_s", "version", "workers", "failures", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
     STEP_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +373,8 @@ class StepMetrics(_message.Message):
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     VAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     VAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TEST_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     step: int
     epoch: int
     loss: float
@@ -385,7 +389,9 @@ class StepMetrics(_message.Message):
     failures: int
     val_loss: float
     val_accuracy: float
-    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., grad_norm: _Optional[float] = ..., lr: _Optional[float] = ..., batch: _Optional[int] = ..., samples_per_s: _Optional[float] = ..., step_s: _Optional[float] = ..., version: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerTiming, _Mapping]]] = ..., failures: _Optional[int] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ...) -> None: ...
+    test_loss: float
+    test_accuracy: float
+    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., grad_norm: _Optional[float] = ..., lr: _Optional[float] = ..., batch: _Optional[int] = ..., samples_per_s: _Optional[float] = ..., step_s: _Optional[float] = ..., version: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerTiming, _Mapping]]] = ..., failures: _Optional[int] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., test_loss: _Optional[float] = ..., test_accuracy: _Optional[float] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "message", "error")
