@@ -49,6 +49,9 @@ def test_no_top_level_package_but_dptrain(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"dptrain/v1/dptrain_pb2.py", "dptrain/engine/op.py", "dptrain/execution/actor.py",
             "dptrain/core/trainer.py"} <= names
+    static = "dptrain/dashboard/static/"  # the page ships inside the package, uPlot and its licence too
+    assert {static + f for f in ("index.html", "dashboard.js", "dashboard.css", "vendor/uPlot.iife.min.js",
+                                 "vendor/uPlot.min.css", "vendor/LICENSE-uPlot.txt")} <= names
 
 
 RAY_FREE = """

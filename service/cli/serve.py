@@ -26,10 +26,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve Prometheus metrics on this port (env DPTRAIN_METRICS_PORT)")
     p.add_argument("--metrics-host", default=os.environ.get("DPTRAIN_METRICS_HOST", "127.0.0.1"),
                    help="bind address of the metrics port (default loopback, whatever --host is)")
+    p.add_argument("--dashboard-port", type=int, default=int(os.environ.get("DPTRAIN_DASHBOARD_PORT", 8070)),
+                   help="web dashboard port (env DPTRAIN_DASHBOARD_PORT, default 8070; 0: a free port)")
+    p.add_argument("--dashboard-host", default=os.environ.get("DPTRAIN_DASHBOARD_HOST", "127.0.0.1"),
+                   help="bind address of the dashboard (default loopback; elsewhere the bearer token guards it)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not serve the web dashboard")
     p.add_argument("--ray-address", default=os.environ.get("DPTRAIN_RAY_ADDRESS") or None,
                    help="join this Ray cluster instead of starting an embedded one")
     p.add_argument("--ray-num-cpus", type=float, default=None, help="CPUs of the embedded Ray instance")
     p.set_defaults(func=run)
+    d = sub.add_parser("dashboard", help="open the web dashboard of a running `dptrain serve` in a browser")
+    d.add_argument("--host", default=os.environ.get("DPTRAIN_DASHBOARD_HOST", "127.0.0.1"),
+                   help="the dashboard's host (env DPTRAIN_DASHBOARD_HOST, default 127.0.0.1)")
+    d.add_argument("--port", type=int, default=int(os.environ.get("DPTRAIN_DASHBOARD_PORT", 8070)),
+                   help="its port (env DPTRAIN_DASHBOARD_PORT, default 8070)")
+    d.add_argument("--token", default=os.environ.get("DPTRAIN_TOKEN") or None,
+                   help="the server's bearer token, if it has one (env DPTRAIN_TOKEN)")
+    d.add_argument("--no-open", action="store_true", help="print the address only")
+    d.set_defaults(func=open_dashboard)
+
+
+def open_dashboard(args: argparse.Namespace) -> int:
+    """The URL carries the token in its #fragment, which the browser keeps to itself."""
+    import webbrowser
+
+    url = f"http://{args.host}:{args.port}/" + (f"#token={args.token}" if args.token else "")
+    print(f"dptrain dashboard: {url}")
+    if not args.no_open and not webbrowser.open(url):
+        print("(no browser to open here: open the address above in yours)")
+    return 0
 
 
 def _env_int(name: str) -> int | None:
@@ -58,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = ServerConfig(host=args.host, port=args.port, max_running_jobs=args.max_running_jobs,
                        token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
                        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                       dashboard_port=None if args.no_dashboard else args.dashboard_port,
+                       dashboard_host=args.dashboard_host,
                        ray_address=args.ray_address,
                        ray_num_cpus=args.ray_num_cpus, **kw)
     generated = cfg.ensure_token()
@@ -66,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
                                                      if server.metrics_port else ""), flush=True)
     if generated:
         print(f"bearer token (generated): {cfg.token}", flush=True)
+    if server.dashboard_url:
+        fragment = f"#token={cfg.token}" if cfg.token else ""
+        print(f"dashboard on {server.dashboard_url}{fragment} (or: dptrain dashboard)", flush=True)
     import signal
     import threading
 

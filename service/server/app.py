@@ -10,6 +10,7 @@ import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from dptrain.execution.runtime import ensure_ray
@@ -42,6 +43,12 @@ class Server:
     streams: StreamLimiter
     port: int
     metrics_port: int | None
+    dashboard: Any = None  # dptrain.dashboard.Dashboard when served
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The dashboard's address (without the token), or None when it is off."""
+        return None if self.dashboard is None else f"http://{self.config.dashboard_host}:{self.dashboard.port}/"
 
     @property
     def address(self) -> str:
@@ -57,6 +64,8 @@ class Server:
         grace = self.config.shutdown_grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
         self.monitor.stop()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         clean = self.manager.stop()
         if not self.grpc_server.stop(grace).wait(timeout=grace + 5.0):
             log.warning("gRPC did not confirm its shutdown within %.0f s; exiting anyway", grace + 5.0)
@@ -108,6 +117,11 @@ def serve(config: ServerConfig) -> Server:
     if port == 0:
         raise OSError(f"could not bind gRPC to {target} (in use, or not an address of this machine)")
     metrics_port = _start_metrics(config)
+    dashboard = None
+    if config.dashboard_port is not None:
+        from dptrain.dashboard import start_dashboard
+
+        dashboard = start_dashboard(manager, config.dashboard_host, config.dashboard_port, config.token)
     manager.start()
     server.start()
     monitor = StoreMonitor(manager, health_servicer)
@@ -115,7 +129,7 @@ def serve(config: ServerConfig) -> Server:
     log.info("dptrain serving on %s:%d (state in %s)", config.host, port, state)
     if generated:
         log.warning("bound to %s: generated bearer token %s", config.host, config.token)
-    return Server(config, server, manager, health_servicer, monitor, streams, port, metrics_port)
+    return Server(config, server, manager, health_servicer, monitor, streams, port, metrics_port, dashboard)
 
 
 def _start_metrics(config: ServerConfig) -> int | None:

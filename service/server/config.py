@@ -13,6 +13,15 @@ from dptrain.engine import Limits as EngineLimits
 from .streams import StreamLimits
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def default_state_dir() -> Path:
     return Path(os.environ.get("DPTRAIN_HOME", Path.home() / ".dptrain"))
 
@@ -43,6 +52,8 @@ class ServerConfig:
     tls_key: Path | None = None
     metrics_port: int | None = None  # Prometheus endpoint; None: off, 0: a free port
     metrics_host: str = "127.0.0.1"  # its own bind address: metrics stay private when gRPC is public
+    dashboard_port: int | None = None  # the web dashboard; None: off, 0: a free port
+    dashboard_host: str = "127.0.0.1"  # its bind address; off loopback the token guards its data
     ray_address: str | None = None  # join this cluster instead of starting Ray here
     ray_num_cpus: float | None = None  # CPUs of an embedded Ray instance (None: all)
     weights_ring: int = 32  # recent weight versions kept for slow StreamWeights readers
@@ -60,12 +71,9 @@ class ServerConfig:
 
     @property
     def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        """Whether everything that serves job data (gRPC, and the dashboard when on) is loopback."""
+        hosts = [self.host] + ([self.dashboard_host] if self.dashboard_port is not None else [])
+        return all(_is_loopback(h) for h in hosts)
 
     def check_tls(self) -> None:
         """Say what is wrong with the certificate and key (gRPC itself only says it could not bind)."""

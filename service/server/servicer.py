@@ -49,7 +49,7 @@ STATUS = [
 ]
 
 
-def _status(e: Exception) -> grpc.StatusCode:
+def status_code(e: Exception) -> grpc.StatusCode:
     for types, code in STATUS:
         if isinstance(e, types):
             return code
@@ -59,7 +59,7 @@ def _status(e: Exception) -> grpc.StatusCode:
 def _abort(method: str, context: grpc.ServicerContext, e: Exception):
     if context.code() not in (None, grpc.StatusCode.OK):  # aborted already (an undecodable chunk): keep it
         raise e
-    code = _status(e)
+    code = status_code(e)
     msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     if len(msg) > bounds.ERROR_CHARS:
         msg = msg[:bounds.ERROR_CHARS] + "..."
