@@ -160,6 +160,15 @@ class Client:
         req = pb.PredictRequest(job_id=job_id, inputs=convert.to_tensor("inputs", np.asarray(X)))
         return convert.from_tensor(self._call("Predict", req).outputs)
 
+    def log(self, job_id: str, after: int = 0) -> Iterator[pb.LogLine]:
+        """The job's log lines after line `after`, oldest first, fetched a page at a time."""
+        while True:
+            page = self._call("GetJobLog", pb.GetJobLogRequest(job_id=job_id, after=after))
+            yield from page.lines
+            if not page.lines:
+                return
+            after = page.lines[-1].seq
+
     def metrics(self, job_id: str, from_step: int = 0) -> Iterator[pb.StepMetrics]:
         """The job's recorded metrics in step order, fetched a page at a time."""
         while True:

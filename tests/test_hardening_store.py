@@ -255,7 +255,7 @@ def test_v1_store_opens_migrates_and_works(tmp_path):
         assert s.transition(old.id, "QUEUED").error is None  # resumable
         new = s.create("new", SPEC, request_id="r1")
         assert s.create("new", SPEC, request_id="r1") == new
-        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
         assert old.stats == {} and s.update(old.id, stats={"failures": 2}).stats == {"failures": 2}  # v3
         s.check_writable()
     with SqliteJobStore(path) as s:  # reopening a migrated store migrates nothing
@@ -269,10 +269,10 @@ def test_store_from_a_newer_version_is_refused(tmp_path):
     path = tmp_path / "jobs.sqlite"
     SqliteJobStore(path).close()
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE schema_version SET version = 4")
+    conn.execute("UPDATE schema_version SET version = ?", (sqlite_store.SCHEMA_VERSION + 1,))
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match="schema version 4 .* newer"):
+    with pytest.raises(StoreError, match=f"schema version {sqlite_store.SCHEMA_VERSION + 1} .* newer"):
         SqliteJobStore(path)
 
 

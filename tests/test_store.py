@@ -357,7 +357,7 @@ def test_sqlite_pragmas_and_schema_version(tmp_path):
     with SqliteJobStore(tmp_path / "jobs.db") as s:
         assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert s._conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
 
 
 def test_sqlite_job_survives_kill_9(tmp_path):
@@ -489,3 +489,18 @@ def test_checkpoint_rejects_path_like_job_ids(tmp_path):
     for bad in ("../x", "a/b", "", ".hidden"):
         with pytest.raises(ValueError):
             cs.save(bad, _state(1, 10))
+
+
+def test_job_log(store):
+    rec, other = store.create("a", SPEC), store.create("b", SPEC)
+    assert store.events(rec.id) == []
+    store.append_event(rec.id, "submitted", "accepted")
+    store.append_event(other.id, "submitted", "accepted too")
+    store.append_event(rec.id, "failed", "failed: the disk is full")
+    lines = store.events(rec.id)
+    assert [(e["kind"], e["message"]) for e in lines] == [("submitted", "accepted"),
+                                                          ("failed", "failed: the disk is full")]
+    assert lines[0]["seq"] < lines[1]["seq"] and lines[0]["time"] <= lines[1]["time"]
+    assert store.events(rec.id, after=lines[0]["seq"]) == lines[1:] and store.events(rec.id, limit=1) == lines[:1]
+    with pytest.raises(JobNotFound):
+        store.events("0000000000000000000f")

@@ -1,6 +1,8 @@
 """A server state directory written before the `dptrain` restructure (commit 615d8bf) is read
 by today's code: its jobs, states, steps, checkpoints and uploaded dataset, and its cancelled
-job resumes to bitwise the weights the old code reached (tests/data/README.md)."""
+job resumes to bitwise the weights the old code reached (tests/data/README.md). The store was
+written in /tmp/oldstore, and its jobs' specs name their upload there: the copy read here is
+elsewhere, so the resumed job finds its upload by id (`DatasetRegistry.relocate`)."""
 from __future__ import annotations
 
 import hashlib

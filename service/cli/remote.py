@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmd("status", status, "show one job")
     p.add_argument("job", help=JOB_HELP)
     add_json_arg(p)
+    p = cmd("logs", logs, "a job's log: submitted, started, workers, recoveries, checkpoints, validation, how it ended")
+    p.add_argument("job", help=JOB_HELP)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the job ends")
+    add_json_arg(p)
     p = cmd("watch", watch, "follow a job's progress")
     p.add_argument("job", help=JOB_HELP)
     p.add_argument("--from-step", type=int, default=0, help="replay metrics from this step (default 0: all)")
@@ -183,6 +187,30 @@ def status(args: argparse.Namespace) -> int:
     else:
         summary(job)
     return 0
+
+
+def logs(args: argparse.Namespace) -> int:
+    """Print the job's log; with --follow, poll for new lines until the job has ended."""
+    import time
+
+    from dptrain.rpc import convert
+    from dptrain.store.base import TERMINAL
+    from google.protobuf import json_format
+
+    with client(args) as c:
+        job_id, after, ended = c.resolve(args.job), 0, False
+        while True:
+            ended = ended or convert.state_from_pb(c.get(job_id).state) in TERMINAL  # before reading: no line lost
+            for line in c.log(job_id, after):
+                after = line.seq
+                if args.json:  # JSON lines
+                    print(json_format.MessageToJson(line, preserving_proto_field_name=True, indent=None), flush=True)
+                else:
+                    print(f"{line.time.ToDatetime().astimezone():%Y-%m-%d %H:%M:%S}  {line.kind:<10}  {line.message}",
+                          flush=True)
+            if not args.follow or ended:
+                return 0
+            time.sleep(0.5)
 
 
 def watch(args: argparse.Namespace) -> int:

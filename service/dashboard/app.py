@@ -1,10 +1,11 @@
-"""HTTP side of the dashboard: the page, and three JSON endpoints over the gRPC handlers.
+"""HTTP side of the dashboard: the page, and four JSON endpoints over the gRPC handlers.
 
     GET /                          the page (static/index.html)
     GET /static/...                its script, styles and the vendored uPlot
     GET /api/jobs                  ListJobs (newest first, up to 200)
     GET /api/jobs/{id}             GetJob: state, spec, stats (workers, ledger, failures)
     GET /api/jobs/{id}/metrics     GetMetrics from ?from_step=N, a page at a time
+    GET /api/jobs/{id}/log         GetJobLog after ?after=SEQ: the job's events
 
 The JSON is each response message's proto3 JSON mapping, so the page reads what a gRPC
 client reads. With a token configured every /api request needs ``Authorization: Bearer
@@ -82,11 +83,19 @@ def make_app(manager: Any, token: str | None) -> web.Application:
         req = pb.GetMetricsRequest(job_id=request.match_info["job_id"], from_step=from_step)
         return await call(h.get_metrics, req)
 
+    async def job_log(request: web.Request) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            return web.json_response({"error": "after: must be an integer", "code": "INVALID_ARGUMENT"}, status=400)
+        return await call(h.get_job_log, pb.GetJobLogRequest(job_id=request.match_info["job_id"], after=after))
+
     app = web.Application(middlewares=[auth], client_max_size=1 << 16)
     app.router.add_get("/", index)
     app.router.add_get("/api/jobs", jobs)
     app.router.add_get("/api/jobs/{job_id}", job)
     app.router.add_get("/api/jobs/{job_id}/metrics", metrics)
+    app.router.add_get("/api/jobs/{job_id}/log", job_log)
     app.router.add_static("/static/", STATIC)
     return app
 

@@ -156,6 +156,25 @@ class DatasetRegistry:
     def path_of(self, info: dict[str, Any]) -> Path:
         return self.root / f"{info['id']}.{info['format']}"
 
+    def relocate(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A stored job's spec with its upload's path pointed into this registry.
+
+        Stored specs carry the upload's absolute path as it was when the job was accepted;
+        a state directory that has since moved (restored from a backup, another mount)
+        still holds the file under the same id, so the id in the file's name finds it."""
+        ds = spec.get("dataset")
+        if not isinstance(ds, dict) or ds.get("name") not in UPLOAD_FORMATS:
+            return spec
+        path = Path(str((ds.get("params") or {}).get("path", "")))
+        try:
+            info = self.store.get_dataset(path.stem)
+        except DatasetNotFound:
+            return spec
+        here = self.path_of(info)
+        if here == path or not here.is_file():
+            return spec
+        return {**spec, "dataset": {**ds, "params": {**ds["params"], "path": str(here)}}}
+
     # --- uploads ------------------------------------------------------------------------
     def upload(self, header: dict[str, Any], parts: Iterator[bytes | UploadEnd]) -> dict[str, Any]:
         """Receive to a temp file while hashing; check the counts; parse it as the engine will;

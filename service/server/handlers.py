@@ -184,6 +184,20 @@ def get_metrics(m: JobManager, req: pb.GetMetricsRequest) -> pb.GetMetricsRespon
     return resp
 
 
+def get_job_log(m: JobManager, req: pb.GetJobLogRequest) -> pb.GetJobLogResponse:
+    """One page of the job's log after line `after`."""
+    job_id = bounds.check_job_id(req.job_id)
+    if req.after < 0:
+        raise SpecError("after", f"must be >= 0, got {req.after}")
+    if not 0 <= req.page_size <= METRICS_PAGE[1]:
+        raise SpecError("page_size", f"must be in [0, {METRICS_PAGE[1]}], got {req.page_size}")
+    resp = pb.GetJobLogResponse()
+    for e in m.store.events(job_id, req.after, limit=req.page_size or METRICS_PAGE[0]):
+        line = resp.lines.add(seq=e["seq"], kind=e["kind"], message=e["message"])
+        line.time.FromNanoseconds(int(e["time"] * 1e9))
+    return resp
+
+
 def input_gradient(m: JobManager, req: pb.InputGradientRequest, max_rows: int) -> pb.InputGradientResponse:
     """d(unit)/d(inputs) per example: backpropagation to the data, with the latest weights."""
     job_id = bounds.check_job_id(req.job_id)

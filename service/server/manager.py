@@ -137,6 +137,8 @@ class JobManager:
         rec = self.store.create(name, config.to_dict(), request_id=request_id or None)
         prom.JOBS_SUBMITTED.inc()
         log.info("accepted job %s (%s)", rec.id, name or "unnamed")
+        self.event(rec.id, "submitted", f"accepted{f' as {name!r}' if name else ''}: {config.workers} workers, "
+                                        f"{config.dataset.name} data; waits for CPUs in submission order")
         with self.lock:
             self.wakeup.notify_all()
         return rec
@@ -161,6 +163,7 @@ class JobManager:
             self.feed(job_id).set_state(JobState.QUEUED, "resumed")
             self.wakeup.notify_all()
         log.info("job %s resumed (from its checkpoint at step %s)", job_id, rec.checkpoint_step)
+        self.event(job_id, "resumed", f"queued again; continues from its checkpoint at step {rec.checkpoint_step or 0}")
         return rec
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -173,7 +176,9 @@ class JobManager:
                 self.weights.pop(job_id, None)
             elif job_id in self.running:
                 self.running[job_id].set()
-            return rec
+        self.event(job_id, "cancel", "cancel requested" + (": stops at the end of the current step"
+                                                          if rec.state == JobState.RUNNING else ""))
+        return rec
 
     def feed(self, job_id: str) -> JobFeed:
         """The job's event feed, loaded from the store the first time it is asked for."""
@@ -241,14 +246,16 @@ class JobManager:
         trainer = None
         history = MetricsBuffer(self.store, job_id)
         try:
-            config = TrainConfig.from_stored(rec.spec)
+            config = TrainConfig.from_stored(self.datasets.relocate(rec.spec))
             state = self.checkpoints.latest(job_id)
             if state is not None:
                 log.info("job %s resumes from its checkpoint at step %d", job_id, state.step)
+            self.event(job_id, "started", "started" + (f" from its checkpoint at step {state.step}" if state else ""))
             self.earlier_failures[job_id] = int(rec.stats.get("failures", 0))
             trainer = Trainer(config, backend="ray", state=state, on_weights=weights.publish, cancel=cancel)
             self.trainers[job_id] = trainer
             self.store.update(job_id, total_steps=trainer.total_steps)
+            self.event(job_id, "workers", _workers_line(self.stats(job_id, trainer).get("workers") or []))
             weights.publish(trainer.state.version, trainer.state.step, trainer.theta)
             while not trainer.done:
                 if cancel.is_set():
@@ -258,6 +265,7 @@ class JobManager:
                 feed.add_metrics(m.step, metrics_event(job_id, d))
                 history.add(m.step, d)
                 prom.observe_step(m, job_id)
+                self._step_events(job_id, m, trainer)
                 every = config.checkpoint_every
                 if every and m.step % every == 0 and not trainer.done:
                     self._checkpoint(job_id, trainer, history)
@@ -292,6 +300,7 @@ class JobManager:
             log.error("job %s: no checkpoint at step %d as it stopped: %s", job_id, step, _describe(e))
         if self.stopping:
             log.info("job %s paused for shutdown at step %d", job_id, step)
+            self.event(job_id, "paused", f"paused at step {step} by a server shutdown; resumes when it restarts")
             self._quietly(self.store.transition, job_id, JobState.QUEUED)
         else:
             self._finish(job_id, JobState.CANCELLED, feed)
@@ -302,6 +311,7 @@ class JobManager:
         self.checkpoints.save(job_id, state, mark=final)
         kept = {k: v for k, v in self.stats(job_id, trainer).items() if k != "workers"}
         self.store.update(job_id, checkpoint_step=state.step, stats=kept)
+        self.event(job_id, "checkpoint", f"checkpoint at step {state.step}" + (" (final)" if final else ""))
 
     def _finish(self, job_id: str, state: str, feed: JobFeed, error: str | None = None) -> None:
         """Record a final state; if the store cannot write it now, it is retried later
@@ -309,12 +319,35 @@ class JobManager:
         feed.set_state(state, error or "")
         prom.JOBS_FINISHED.labels(state=state).inc()
         log.info("job %s %s%s", job_id, state, f": {error}" if error else "")
+        self.event(job_id, state.lower(), state.lower() + (f": {error}" if error else ""))
         try:
             self.store.transition(job_id, state, error=error)
         except StoreError as e:
             log.error("job %s: could not record %s (%s); will retry", job_id, state, e)
             with self.lock:
                 self.pending[job_id] = (state, error)
+
+    def event(self, job_id: str, kind: str, message: str) -> None:
+        """One line of the job's log (`dptrain logs`). Never fails the job: a store that
+        cannot write now loses the line, and the server log has it."""
+        try:
+            self.store.append_event(job_id, kind, message)
+        except StoreError as e:
+            log.warning("job %s: log line not stored (%s): %s", job_id, e, message)
+
+    def _step_events(self, job_id: str, m: Any, trainer: Trainer) -> None:
+        if m.failures:
+            self.event(job_id, "recovered", f"step {m.step}: {m.failures} worker failure(s) recovered "
+                                            f"(the step's plans recomputed; the weights are unchanged by it); "
+                                            + _workers_line(self.stats(job_id, trainer).get("workers") or []))
+        if m.val_loss is not None:
+            acc = f", accuracy {m.val_accuracy:.4f}" if m.val_accuracy is not None else ""
+            self.event(job_id, "validation", f"step {m.step}: validation loss {m.val_loss:.4f}{acc}")
+        if m.test_loss is not None:
+            acc = f", accuracy {m.test_accuracy:.4f}" if m.test_accuracy is not None else ""
+            self.event(job_id, "test", f"step {m.step}: test loss {m.test_loss:.4f}{acc} (held-out split)")
+        if trainer.stopped and trainer.done:
+            self.event(job_id, "early_stop", trainer.stopped)
 
     def settle_pending(self) -> None:
         """Retry final states the store could not write (e.g. while the disk was full)."""
@@ -357,6 +390,13 @@ class JobManager:
         stats = trainer.stats()
         stats["failures"] += self.earlier_failures.get(job_id, 0)
         return stats
+
+
+def _workers_line(workers: list[dict[str, Any]]) -> str:
+    if not workers:
+        return "workers: none reported"
+    return f"{len(workers)} workers: " + ", ".join(
+        f"#{w.get('worker', 0)} pid {w.get('pid')} ({w.get('transport') or '?'})" for w in workers)
 
 
 def _describe(e: BaseException) -> str:

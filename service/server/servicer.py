@@ -147,6 +147,10 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         return h.get_metrics(self.manager, request)
 
     @unary
+    def GetJobLog(self, request, context):
+        return h.get_job_log(self.manager, request)
+
+    @unary
     def InputGradient(self, request, context):
         return h.input_gradient(self.manager, request, self.limits.max_predict_rows)
 

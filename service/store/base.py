@@ -315,6 +315,14 @@ class JobStore(ABC):
         """Recorded metrics of steps >= ``from_step``, in step order; at most ``limit`` of them."""
 
     @abstractmethod
+    def append_event(self, job_id: str, kind: str, message: str) -> None:
+        """Add one line to the job's log (``dptrain logs``): what happened to it, in order."""
+
+    @abstractmethod
+    def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The job's log lines with ``seq > after``, oldest first: dicts of seq, time, kind, message."""
+
+    @abstractmethod
     def unfinished(self) -> list[JobRecord]:
         """QUEUED and RUNNING jobs in creation order: the work to resume after a crash."""
 

@@ -37,6 +37,7 @@ class MemoryJobStore(JobStore):
         self._seq: dict[str, int] = {}
         self._next_seq = 1
         self._metrics: dict[str, dict[int, dict[str, Any]]] = {}
+        self._events: list[dict[str, Any]] = []
         self._datasets: dict[str, dict[str, Any]] = {}
         self._requests: dict[str, str] = {}  # idempotency key -> job id
 
@@ -118,6 +119,19 @@ class MemoryJobStore(JobStore):
             history = self._metrics[job_id]
             steps = [s for s in sorted(history) if s >= from_step][:limit]
             return [(s, copy.deepcopy(history[s])) for s in steps]
+
+    def append_event(self, job_id: str, kind: str, message: str) -> None:
+        with self._lock:
+            self._record(job_id)
+            self._events.append({"seq": len(self._events) + 1, "time": time.time(), "kind": kind,
+                                 "message": message, "job_id": job_id})
+
+    def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            self._record(job_id)
+            found = [{k: v for k, v in e.items() if k != "job_id"} for e in self._events
+                     if e["job_id"] == job_id and e["seq"] > after]
+            return found[:limit]
 
     def unfinished(self) -> list[JobRecord]:
         with self._lock:

@@ -13,7 +13,8 @@ verbatim) and is brought up to :data:`SCHEMA_VERSION` by the steps in :data:`_MI
 in one transaction when it is opened; a new file takes the same path, so the migrations
 run on every test. v2 added ``jobs.request_id`` (SubmitJob's idempotency key, unique when
 set) and the ``probe`` row that :meth:`SqliteJobStore.check_writable` rewrites; v3
-``jobs.stats`` (the job's execution statistics, kept after it ends).
+``jobs.stats`` (the job's execution statistics, kept after it ends); v4 the ``events``
+table (each job's log).
 
 Storage failures (SQLite's FULL, IOERR, READONLY, CANTOPEN) raise
 :class:`~dptrain.store.base.StoreUnavailable` naming this file; the transaction is rolled
@@ -53,7 +54,7 @@ from .disk import probe_dir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA_V1 = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE jobs (
@@ -93,6 +94,16 @@ CREATE TABLE probe (id INTEGER PRIMARY KEY CHECK (id = 0), at REAL NOT NULL);
 """,
     2: """
 ALTER TABLE jobs ADD COLUMN stats TEXT NOT NULL DEFAULT '{}';  -- JSON: failures and the epoch ledger
+""",
+    3: """
+CREATE TABLE events (                       -- each job's log: what happened to it, in order
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX events_job ON events (job_id, seq);
 """,
 }
 _UNAVAILABLE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
@@ -287,6 +298,18 @@ class SqliteJobStore(JobStore):
             rows = self._read("SELECT step, data FROM metrics WHERE job_id = ? AND step >= ? ORDER BY step LIMIT ?",
                               (job_id, int(from_step), -1 if limit is None else int(limit)))
         return [(step, json.loads(data)) for step, data in rows]
+
+    def append_event(self, job_id: str, kind: str, message: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO events (job_id, time, kind, message) VALUES (?, ?, ?, ?)",
+                      (job_id, time.time(), kind, message))
+
+    def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        with self._reading() as c:
+            self._get(c, job_id)
+            rows = self._read("SELECT seq, time, kind, message FROM events WHERE job_id = ? AND seq > ? ORDER BY seq "
+                              "LIMIT ?", (job_id, int(after), -1 if limit is None else int(limit)))
+        return [{"seq": seq, "time": t, "kind": kind, "message": message} for seq, t, kind, message in rows]
 
     def unfinished(self) -> list[JobRecord]:
         rows = self._read(f"{_SELECT} WHERE state IN ('QUEUED', 'RUNNING') ORDER BY seq")

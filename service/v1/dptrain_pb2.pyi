@@ -489,6 +489,34 @@ class GetMetricsResponse(_message.Message):
     next_step: int
     def __init__(self, metrics: _Optional[_Iterable[_Union[StepMetrics, _Mapping]]] = ..., next_step: _Optional[int] = ...) -> None: ...
 
+class GetJobLogRequest(_message.Message):
+    __slots__ = ("job_id", "after", "page_size")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    after: int
+    page_size: int
+    def __init__(self, job_id: _Optional[str] = ..., after: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("seq", "time", "kind", "message")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: _timestamp_pb2.Timestamp
+    kind: str
+    message: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetJobLogResponse(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[LogLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+
 class InputGradientRequest(_message.Message):
     __slots__ = ("job_id", "inputs", "node", "unit")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

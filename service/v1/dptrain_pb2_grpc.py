@@ -86,6 +86,11 @@ class TrainerStub:
                 request_serializer=dptrain_dot_v1_dot_dptrain__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=dptrain_dot_v1_dot_dptrain__pb2.GetMetricsResponse.FromString,
                 _registered_method=True)
+        self.GetJobLog = channel.unary_unary(
+                '/dptrain.v1.Trainer/GetJobLog',
+                request_serializer=dptrain_dot_v1_dot_dptrain__pb2.GetJobLogRequest.SerializeToString,
+                response_deserializer=dptrain_dot_v1_dot_dptrain__pb2.GetJobLogResponse.FromString,
+                _registered_method=True)
         self.InputGradient = channel.unary_unary(
                 '/dptrain.v1.Trainer/InputGradient',
                 request_serializer=dptrain_dot_v1_dot_dptrain__pb2.InputGradientRequest.SerializeToString,
@@ -195,6 +200,15 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobLog(self, request, context):
+        """The job's log: what happened to it (submitted, started, its workers, recovered
+        failures, checkpoints, validation, early stopping, how it ended and why), oldest
+        first, a page at a time: ask again with `after` = the last `seq` until none come.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def InputGradient(self, request, context):
         """Backpropagation to the data: the gradient of one output unit (of the output node or
         any other) with respect to each input, for saliency maps and for optimising an input
@@ -273,6 +287,11 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=dptrain_dot_v1_dot_dptrain__pb2.GetMetricsRequest.FromString,
                     response_serializer=dptrain_dot_v1_dot_dptrain__pb2.GetMetricsResponse.SerializeToString,
+            ),
+            'GetJobLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobLog,
+                    request_deserializer=dptrain_dot_v1_dot_dptrain__pb2.GetJobLogRequest.FromString,
+                    response_serializer=dptrain_dot_v1_dot_dptrain__pb2.GetJobLogResponse.SerializeToString,
             ),
             'InputGradient': grpc.unary_unary_rpc_method_handler(
                     servicer.InputGradient,
@@ -561,6 +580,33 @@ class Trainer:
             '/dptrain.v1.Trainer/GetMetrics',
             dptrain_dot_v1_dot_dptrain__pb2.GetMetricsRequest.SerializeToString,
             dptrain_dot_v1_dot_dptrain__pb2.GetMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dptrain.v1.Trainer/GetJobLog',
+            dptrain_dot_v1_dot_dptrain__pb2.GetJobLogRequest.SerializeToString,
+            dptrain_dot_v1_dot_dptrain__pb2.GetJobLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -210,15 +210,8 @@ async function loadDetail() {
   document.getElementById("detail").hidden = false;
   document.getElementById("detail-id").textContent = `${j.name || ""} (${j.id})`;
   document.getElementById("spec").textContent = JSON.stringify(j.spec, null, 2);
-  const events = [];
-  if (j.created) events.push(`${time(j.created).toLocaleTimeString()} submitted`);
-  if (j.started) events.push(`${time(j.started).toLocaleTimeString()} started`);
-  for (const st of series.get(detail)?.failures || []) events.push(`step ${st}: a worker failed and was recovered`);
-  if (j.checkpoint_step) events.push(`checkpoint at step ${num(j.checkpoint_step)}`);
-  if (j.finished) events.push(`${time(j.finished).toLocaleTimeString()} ${stateOf(j).toLowerCase()}`);
-  if (j.error) events.push(`error: ${j.error}`);
-  const workers = (j.stats && j.stats.workers) || [];
-  if (workers.length) events.push(`workers: ${workers.map(w => `#${w.worker || 0} pid ${w.pid} (${w.transport})`).join(", ")}`);
+  const log = await api(`/api/jobs/${detail}/log`);
+  const events = (log.lines || []).map(l => `${time(l.time).toLocaleTimeString()}  ${l.message}`);
   const ul = document.getElementById("events");
   ul.replaceChildren(...events.map(e => Object.assign(document.createElement("li"), {textContent: e})));
   const ledger = document.getElementById("ledger");
