@@ -43,6 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_set_arg(p)
     p.add_argument("--name", help="label for the job (default: the spec's name or file name)")
     p.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
+    p = cmd("fork", fork, "submit a copy of a job's spec, with --set changes, optionally from its weights")
+    p.add_argument("job", help=JOB_HELP)
+    add_set_arg(p)
+    p.add_argument("--name", help="label for the copy (default: the job's name + '-fork')")
+    p.add_argument("--from-weights", nargs="?", type=int, const=-1, default=None, metavar="STEP",
+                   help="start from the job's weights: its latest checkpoint, or the one at STEP (init_from)")
+    p.add_argument("--optimizer-state", action="store_true",
+                   help="with --from-weights: also take its optimizer state")
+    p.add_argument("--watch", action="store_true", help="follow the copy with a progress bar")
     p = cmd("jobs", jobs, "list jobs")
     state = p.add_argument("--state", action="append", type=_state, metavar="STATE",
                            help="filter by state, repeatable: " + ", ".join(s.lower() for s in STATES))
@@ -140,6 +149,34 @@ def upload_local_data(c, spec: dict, spec_dir: Path) -> None:
     info = c.upload_dataset(path, **opts)
     console.print(f"uploaded {path} as dataset [bold]{info.id}[/bold] ({info.n} examples)")
     ds["params"] = {**ds["params"], "path": info.id}
+
+
+def fork(args: argparse.Namespace) -> int:
+    """The job's spec as the server stored it (normalized), changed by --set, submitted anew."""
+    from dptrain.core.config import TrainConfig
+    from dptrain.rpc import convert
+
+    from .specfile import apply_override
+
+    with client(args) as c:
+        source = c.get(c.resolve(args.job))
+        spec = convert.job_spec_to_dict(source.spec)
+        spec.pop("init_from", None)
+        if args.from_weights is not None:
+            spec["init_from"] = {"job": source.id, "optimizer": args.optimizer_state,
+                                 **({"step": args.from_weights} if args.from_weights >= 0 else {})}
+        elif args.optimizer_state:
+            raise SpecError("--optimizer-state", "goes with --from-weights")
+        for item in args.overrides:
+            apply_override(spec, item)
+        TrainConfig.from_dict(spec)  # every error at once, before anything is sent
+        name = args.name or f"{source.name or source.id[:12]}-fork"
+        job = c.submit(spec, name=name)
+        start = " from its weights" if args.from_weights is not None else ""
+        console.print(f"submitted job [bold]{job.id}[/bold] ({name}), a fork of {source.id}{start}")
+        if args.watch:
+            return 0 if follow(c, job.id).state == 3 else 1  # SUCCEEDED
+    return 0
 
 
 def _state(text: str) -> str:

@@ -22,6 +22,19 @@ from dptrain.engine.validation import Flag, Int, Num, Spec, fail, parse, several
 from dptrain.rpc import bounds
 from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
 
+
+class InitFromSpec(Spec):
+    """Start from another job's weights (a server job: its checkpoints are in the server's store)."""
+
+    job: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$",
+                     description="the other job's id (or a unique prefix)")
+    step: Int(0, bounds.STEPS) | None = Field(None, description="one of its checkpoints' steps (default: its latest)")
+    optimizer: Flag = Field(False, description="also take its optimizer state (an optimizer of the same kind)")
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+
 NESTED = ("model", "dataset", "optimizer")
 """Fields whose errors are named from the field itself (``optimizer.lr``); the others are ``job.<field>``."""
 
@@ -65,6 +78,8 @@ class TrainConfig(Spec):
         120.0, description="time to bring workers back before the job fails")
     early_stopping: EarlyStoppingSpec | None = Field(
         None, description="stop when a metric stops improving: {metric, patience, min_delta}")
+    init_from: InitFromSpec | None = Field(
+        None, description="start from another job's weights: {job, step, optimizer} (server jobs)")
 
     @model_validator(mode="before")
     @classmethod
@@ -117,10 +132,11 @@ class TrainConfig(Spec):
         d["model"] = self.model.to_dict()
         d["dataset"] = self.dataset.to_dict()
         d["optimizer"] = self.optimizer.to_dict()
-        if d["early_stopping"] is None:
-            del d["early_stopping"]
-        else:
-            d["early_stopping"] = self.early_stopping.to_dict()
+        for key in ("early_stopping", "init_from"):  # absent unless set: older stored specs keep their form
+            if d[key] is None:
+                del d[key]
+            else:
+                d[key] = getattr(self, key).to_dict()
         return d
 
     def build_model(self) -> Model:

@@ -148,6 +148,8 @@ def check_job_spec(spec: Any) -> None:
     if spec.HasField("optimizer"):
         check_text(spec.optimizer.name, "optimizer.name", WORD_CHARS)
         check_text(spec.optimizer.schedule.name, "optimizer.schedule.name", WORD_CHARS)
+    check_text(spec.early_stopping.metric, "early_stopping.metric", WORD_CHARS)
+    check_text(spec.init_from.job, "init_from.job", WORD_CHARS)
 
 
 def _check_model(m: Any) -> None:

@@ -37,7 +37,7 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 
 _RESERVED_LAYER = ("op",)
 _RESERVED_NODE = ("name", "op", "inputs", "share")
-_TOP_MESSAGES = ("name", "model", "dataset", "optimizer")
+_TOP_MESSAGES = ("name", "model", "dataset", "optimizer", "early_stopping", "init_from")
 _NOT_CONFIG = ("request_id",)  # JobSpec fields that are not part of the training config
 
 # --------------------------------------------------------------------------- attributes
@@ -238,6 +238,10 @@ def dict_to_job_spec(d: Mapping[str, Any], name: str | None = None) -> pb.JobSpe
             sched = _mapping(opt["schedule"], "optimizer.schedule")
             spec.optimizer.schedule.SetInParent()
             _set_scalars(spec.optimizer.schedule, sched, "optimizer.schedule")
+    for key in ("early_stopping", "init_from"):
+        if d.get(key) is not None:
+            getattr(spec, key).SetInParent()
+            _set_scalars(getattr(spec, key), _mapping(d[key], key), key)
     return spec
 
 

@@ -23,12 +23,21 @@ import time
 from typing import Any, Callable
 
 from dptrain.core.config import TrainConfig
-from dptrain.core.trainer import Trainer
+from dptrain.core.trainer import Trainer, TrainState
 from dptrain.engine import SpecError
 from dptrain.execution.waiting import Cancelled
 from dptrain.rpc import convert, pb
-from dptrain.store.base import TERMINAL, IllegalTransition, JobRecord, JobState, JobStore, StoreError
-from dptrain.store.checkpoints import CheckpointStore
+from dptrain.store.base import (
+    TERMINAL,
+    AmbiguousId,
+    IllegalTransition,
+    JobNotFound,
+    JobRecord,
+    JobState,
+    JobStore,
+    StoreError,
+)
+from dptrain.store.checkpoints import CheckpointNotFound, CheckpointStore
 
 from . import metrics as prom
 from .datasets import DatasetRegistry
@@ -134,6 +143,8 @@ class JobManager:
         config = TrainConfig.from_dict(self.datasets.resolve_job(spec))
         self.datasets.check_fits(config)
         self._check_cluster_fits(config)
+        if config.init_from is not None:
+            config = self._check_init_from(config)
         rec = self.store.create(name, config.to_dict(), request_id=request_id or None)
         prom.JOBS_SUBMITTED.inc()
         log.info("accepted job %s (%s)", rec.id, name or "unnamed")
@@ -142,6 +153,45 @@ class JobManager:
         with self.lock:
             self.wakeup.notify_all()
         return rec
+
+    def _check_init_from(self, config: TrainConfig) -> TrainConfig:
+        """The source job exists (a unique prefix names it), has the weights asked for, and
+        its model has this one's parameters; returns the config naming it by its full id."""
+        ref = config.init_from
+        try:
+            source_id = self.store.resolve_id(ref.job)
+        except (JobNotFound, AmbiguousId) as e:
+            raise SpecError("init_from.job", str(e)) from None
+        source = TrainConfig.from_stored(self.store.get(source_id).spec)
+        steps = self.checkpoints.steps(source_id)
+        if ref.step is not None and ref.step not in steps:
+            raise SpecError("init_from.step", f"job {source_id} has no checkpoint at step {ref.step}; it has {steps}")
+        if not steps:
+            raise SpecError("init_from.job", f"job {source_id} has no checkpoint yet (it writes one every "
+                                             f"checkpoint_every steps and when it ends)")
+        mine, theirs = config.build_model(), source.build_model()
+        if [(p.name, p.shape) for p in mine.params] != [(p.name, p.shape) for p in theirs.params]:
+            raise SpecError("init_from.job", f"job {source_id}'s model has other parameters: "
+                                             f"{[(p.name, p.shape) for p in theirs.params][:6]}...")
+        if source.dtype != config.dtype:
+            raise SpecError("init_from.job", f"job {source_id} trains in {source.dtype}, this job in {config.dtype}")
+        if ref.optimizer and source.optimizer.name != config.optimizer.name:
+            raise SpecError("init_from.optimizer", f"job {source_id}'s optimizer is {source.optimizer.name!r}, this "
+                                                   f"job's {config.optimizer.name!r}: its state does not carry over")
+        d = config.to_dict()
+        d["init_from"] = {**d["init_from"], "job": source_id}
+        return TrainConfig.from_dict(d)
+
+    def _initial_state(self, job_id: str, config: TrainConfig) -> TrainState | None:
+        """The source job's weights (and optimizer state, if asked) for a job with init_from."""
+        ref = config.init_from
+        src = (self.checkpoints.load(ref.job, ref.step) if ref.step is not None
+               else self.checkpoints.latest(ref.job))
+        if src is None:
+            raise CheckpointNotFound(f"init_from: job {ref.job} has no intact checkpoint")
+        self.event(job_id, "init_from", f"starts from job {ref.job}'s weights at step {src.step}"
+                                        + (" with its optimizer state" if ref.optimizer else ""))
+        return TrainState(theta=src.theta.copy(), optimizer=dict(src.optimizer) if ref.optimizer else {})
 
     def _check_cluster_fits(self, config: TrainConfig) -> None:
         need, total = config.workers * config.cpus_per_worker, self.cluster_cpus()
@@ -251,6 +301,8 @@ class JobManager:
             if state is not None:
                 log.info("job %s resumes from its checkpoint at step %d", job_id, state.step)
             self.event(job_id, "started", "started" + (f" from its checkpoint at step {state.step}" if state else ""))
+            if state is None and config.init_from is not None:
+                state = self._initial_state(job_id, config)
             self.earlier_failures[job_id] = int(rec.stats.get("failures", 0))
             trainer = Trainer(config, backend="ray", state=state, on_weights=weights.publish, cancel=cancel)
             self.trainers[job_id] = trainer
