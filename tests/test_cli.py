@@ -339,3 +339,18 @@ def test_a_test_split_is_reported_by_status_and_metrics(cli):
     header, last = lines[0].split(","), dict(zip(lines[0].split(","), lines[-1].split(",")))
     assert {"test_loss", "test_accuracy"} <= set(header) and 0.5 < float(last["test_accuracy"]) <= 1
     assert lines[1].split(",")[header.index("test_loss")] == ""  # only the last step has it
+
+
+def test_export_onnx_predicts_what_the_server_predicts(cli, tmp_path):
+    import onnxruntime as ort
+
+    out = cli("submit", str(ROOT / "examples" / "lenet_mnist.yaml"), "--set", "steps=4", "--set", "val_every=0",
+              "--watch")
+    job = re.search(r"submitted job (\w+)", out).group(1)
+    assert "ONNX opset 21" in cli("export", job, "-o", str(tmp_path / "lenet.onnx"))
+    X = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", X=X)
+    cli("predict", job, str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"))
+    (got,) = ort.InferenceSession(str(tmp_path / "lenet.onnx")).run(None, {"x": X})
+    np.testing.assert_allclose(got, np.load(tmp_path / "y.npz")["outputs"], rtol=1e-4, atol=1e-5)
+    assert "use a .onnx file name" in cli("export", job, "-o", str(tmp_path / "m.pt"), ok=False)

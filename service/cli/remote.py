@@ -77,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch: PyTorch's module names and (out, in) weights, for load_state_dict "
                         "(docs/export.md); default: the engine's names (linear0.W)")
     p.add_argument("--step", type=int, help="a checkpointed step instead of the latest weights")
+    p = cmd("export", export, "write a job's model as ONNX (needs the onnx package: pip install 'dptrain[onnx]')")
+    p.add_argument("job", help=JOB_HELP)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--step", type=int, help="a checkpointed step instead of the latest weights")
     p = cmd("predict", predict, "run a job's model on inputs from an .npz (array X)")
     p.add_argument("job", help=JOB_HELP)
     p.add_argument("inputs", help=".npz whose array X (or its first array) holds the inputs")
@@ -283,6 +287,26 @@ def weights(args: argparse.Namespace) -> int:
     save_weights(args.output, arrays)
     layout = " in PyTorch's layout (load_state_dict)" if args.layout == "torch" else ""
     console.print(f"wrote {len(arrays)} tensors (version {version}, step {step}){layout} to {args.output}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from dptrain.export.to_onnx import OPSET, to_onnx
+    from dptrain.rpc import convert
+
+    if not args.output.endswith(".onnx"):
+        raise SpecError("output", f"use a .onnx file name, got {args.output!r}")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise SpecError("export", "needs the onnx package: pip install 'dptrain[onnx]'") from None
+    with client(args) as c:
+        job_id = c.resolve(args.job)
+        version, step, arrays = c.weights(job_id, args.step)
+        proto = to_onnx(convert.job_spec_to_dict(c.get(job_id).spec), arrays, name=job_id)
+    Path(args.output).write_bytes(proto.SerializeToString())
+    console.print(f"wrote {args.output}: ONNX opset {OPSET}, weights of step {step} (version {version}); "
+                  f"input 'x' [batch, ...], output 'y' (what predict returns)")
     return 0
 
 
