@@ -88,3 +88,11 @@ def test_early_stopping_over_grpc(server):
         assert c.get(job.id).spec.early_stopping.patience == 2
         assert "early_stop" in [line.kind for line in c.log(job.id)]
     assert np.isfinite(final.latest_metrics.loss)
+
+
+@pytest.mark.parametrize("keep, kept", [(1, [30]), (2, [25, 30]), (None, [20, 25, 30])])
+def test_keep_checkpoints_is_a_setting(server, keep, kept):
+    spec = {**JOB, "steps": 30, "checkpoint_every": 5, **({"keep_checkpoints": keep} if keep else {})}
+    with Client(server.address) as c:
+        job = finished(c, spec, "retention")
+    assert server.manager.checkpoints.steps(job) == kept

@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def saliency(args: argparse.Namespace) -> int:
-    with np.load(args.inputs, allow_pickle=False) as f:
-        X = f["X"] if "X" in f else f[f.files[0]]
+    from dptrain.export import read_inputs
+
+    X = read_inputs(args.inputs)
     with client(args) as c:
         g, out = c.input_gradient(c.resolve(args.job), X, args.node, args.unit)
     np.savez(args.output, gradients=g, outputs=out)

@@ -1,6 +1,7 @@
 """Live progress of a job in the terminal (rich), and its final summary table."""
 from __future__ import annotations
 
+import datetime
 from typing import Iterator
 
 from dptrain.rpc import convert, pb
@@ -40,11 +41,36 @@ def _line(m: pb.StepMetrics) -> str:
     return f"epoch {m.epoch + 1} loss {m.loss:.4f}{acc} {m.samples_per_s:,.0f} samples/s"
 
 
+def spec_rows(job: pb.Job) -> list[tuple[str, str]]:
+    """The job's model, data, optimizer and run, then when it started, ended and took."""
+    s, rows = job.spec, []
+    if s.HasField("model"):
+        ops = [n.op for n in s.model.nodes] or [layer.op for layer in s.model.layers]
+        rows.append(("model", f"{len(ops)} nodes: " + " ".join(ops[:8]) + (" ..." if len(ops) > 8 else "")))
+    if s.HasField("dataset"):
+        split = f", {s.dataset.val_fraction:g} validation" if s.dataset.val_fraction else ""
+        split += f", {s.dataset.test_fraction:g} test" if s.dataset.test_fraction else ""
+        rows.append(("data", f"{s.dataset.name}{split}"))
+    if s.HasField("optimizer"):
+        sched = f", {s.optimizer.schedule.name} schedule" if s.optimizer.schedule.name else ""
+        rows.append(("optimizer", f"{s.optimizer.name} lr {s.optimizer.lr:g}{sched}"))
+    run = f"batch {s.batch_size or 256}, chunk {s.chunk_size or 256}, {s.workers or 2} workers"
+    rows.append(("run", run + (f", seed {s.seed}" if s.seed else "")))
+    stamps = {k: getattr(job, k).ToDatetime() for k in ("created", "started", "finished") if job.HasField(k)}
+    for k, when in stamps.items():
+        rows.append((k, f"{when.replace(tzinfo=datetime.timezone.utc).astimezone():%Y-%m-%d %H:%M:%S}"))
+    if "started" in stamps and "finished" in stamps:
+        rows.append(("duration", f"{(stamps['finished'] - stamps['started']).total_seconds():.1f} s"))
+    return rows
+
+
 def summary(job: pb.Job, last: pb.StepMetrics | None = None) -> None:
     t = Table(title=f"job {job.id}", show_header=False)
     t.add_row("name", job.name or "-")
     t.add_row("state", convert.state_from_pb(job.state))
     t.add_row("steps", f"{job.step}/{job.total_steps}")
+    for key, value in spec_rows(job):
+        t.add_row(key, value)
     m = last if last is not None else (job.latest_metrics if job.HasField("latest_metrics") else None)
     if m is not None:
         t.add_row("train loss (last batch)", f"{m.loss:.4f}")

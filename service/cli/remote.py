@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=int, help="a checkpointed step instead of the latest weights")
     p = cmd("predict", predict, "run a job's model on inputs from an .npz (array X)")
     p.add_argument("job", help=JOB_HELP)
-    p.add_argument("inputs", help=".npz whose array X (or its first array) holds the inputs")
+    p.add_argument("inputs", help="the inputs: an .npz (array X, else its first array), .npy, or .csv of numbers")
     p.add_argument("-o", "--output", help="write outputs to this .npz instead of printing")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--labels", action="store_true", help="the predicted class of each input (argmax)")
@@ -277,6 +277,8 @@ def resume(args: argparse.Namespace) -> int:
 def weights(args: argparse.Namespace) -> int:
     from dptrain.export import save_weights, torch_state_dict
 
+    if not Path(args.output).parent.is_dir():  # before the download, not after
+        raise SpecError("output", f"no directory {str(Path(args.output).parent)!r} to write into")
     with client(args) as c:
         job_id = c.resolve(args.job)
         version, step, arrays = c.weights(job_id, args.step)
@@ -311,8 +313,9 @@ def export(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    with np.load(args.inputs, allow_pickle=False) as f:
-        X = f["X"] if "X" in f else f[f.files[0]]
+    from dptrain.export import read_inputs
+
+    X = read_inputs(args.inputs)
     with client(args) as c:
         job_id = c.resolve(args.job)
         out = c.predict(job_id, X)

@@ -73,6 +73,8 @@ class TrainConfig(Spec):
     cpus_per_worker: Num(*bounds.CPUS_PER_WORKER) = Field(1.0, description="Ray CPUs reserved per worker")
     val_every: Int(0, bounds.STEPS) = Field(0, description="updates between validation passes (0: only at the end)")
     checkpoint_every: Int(0, bounds.STEPS) = Field(0, description="updates between checkpoints (0: only at the end)")
+    keep_checkpoints: Int(1, 1000) = Field(
+        3, description="periodic checkpoints kept, newest first (the final one is always kept too)")
     worker_timeout_s: Num(*bounds.WORKER_TIMEOUT_S) = Field(60.0, description="a step's answer deadline per worker")
     recovery_budget_s: Num(*bounds.RECOVERY_BUDGET_S) = Field(
         120.0, description="time to bring workers back before the job fails")

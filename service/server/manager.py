@@ -360,7 +360,7 @@ class JobManager:
     def _checkpoint(self, job_id: str, trainer: Trainer, history: MetricsBuffer, final: bool = False) -> None:
         history.flush()  # the history is durable up to every checkpoint
         state = trainer.snapshot()
-        self.checkpoints.save(job_id, state, mark=final)
+        self.checkpoints.save(job_id, state, mark=final, keep=trainer.config.keep_checkpoints)
         kept = {k: v for k, v in self.stats(job_id, trainer).items() if k != "workers"}
         self.store.update(job_id, checkpoint_step=state.step, stats=kept)
         self.event(job_id, "checkpoint", f"checkpoint at step {state.step}" + (" (final)" if final else ""))

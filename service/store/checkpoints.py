@@ -121,8 +121,9 @@ class CheckpointStore:
         return _StorageErrors(self.label, action)
 
     # --- writing --------------------------------------------------------------------------
-    def save(self, job_id: str, state: Any, mark: bool = False) -> Path:
-        """Write ``state`` (a TrainState or anything with its fields) atomically; prune old ones."""
+    def save(self, job_id: str, state: Any, mark: bool = False, keep: int | None = None) -> Path:
+        """Write ``state`` (a TrainState or anything with its fields) atomically; prune old ones,
+        keeping the newest ``keep`` intact ones (default: the store's) and the marked."""
         step = int(state.step)
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
@@ -143,7 +144,7 @@ class CheckpointStore:
             self._remember_intact(final)
             if mark:
                 self.mark(job_id, step)
-        self._prune(job_id, job_dir)
+        self._prune(job_id, job_dir, self.keep if keep is None else keep)
         log.debug("checkpoint %s", final)
         return final
 
@@ -249,7 +250,7 @@ class CheckpointStore:
         self._remember_intact(path)
         return True
 
-    def _prune(self, job_id: str, job_dir: Path) -> None:
+    def _prune(self, job_id: str, job_dir: Path, keep: int) -> None:
         """Keep the newest files up to ``keep`` intact ones, and the marked; remove the rest.
 
         A failure here is logged, not raised: the new checkpoint is already durable.
@@ -258,7 +259,7 @@ class CheckpointStore:
             steps, marked = self.steps(job_id), set(self.marked(job_id))
             kept, intact = set(), 0
             for step in reversed(steps):
-                if intact == self.keep:
+                if intact == keep:
                     break
                 kept.add(step)
                 intact += self._is_intact(job_dir / self._name(step), step)

@@ -190,7 +190,7 @@ class OptimizerSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., alpha: _Optional[float] = ..., weight_decay: _Optional[float] = ..., clip_norm: _Optional[float] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "model", "dataset", "optimizer", "batch_size", "epochs", "steps", "chunk_size", "drop_last", "seed", "dtype", "workers", "cpus_per_worker", "val_every", "checkpoint_every", "worker_timeout_s", "recovery_budget_s", "request_id", "early_stopping", "init_from")
+    __slots__ = ("name", "model", "dataset", "optimizer", "batch_size", "epochs", "steps", "chunk_size", "drop_last", "seed", "dtype", "workers", "cpus_per_worker", "val_every", "checkpoint_every", "keep_checkpoints", "worker_timeout_s", "recovery_budget_s", "request_id", "early_stopping", "init_from")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class JobSpec(_message.Message):
     CPUS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     VAL_EVERY_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     WORKER_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_BUDGET_S_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -226,12 +227,13 @@ class JobSpec(_message.Message):
     cpus_per_worker: float
     val_every: int
     checkpoint_every: int
+    keep_checkpoints: int
     worker_timeout_s: float
     recovery_budget_s: float
     request_id: str
     early_stopping: EarlyStopping
     init_from: InitFrom
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., chunk_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., seed: _Optional[int] = ..., dtype: _Optional[str] = ..., workers: _Optional[int] = ..., cpus_per_worker: _Optional[float] = ..., val_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., worker_timeout_s: _Optional[float] = ..., recovery_budget_s: _Optional[float] = ..., request_id: _Optional[str] = ..., early_stopping: _Optional[_Union[EarlyStopping, _Mapping]] = ..., init_from: _Optional[_Union[InitFrom, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., steps: _Optional[int] = ..., chunk_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., seed: _Optional[int] = ..., dtype: _Optional[str] = ..., workers: _Optional[int] = ..., cpus_per_worker: _Optional[float] = ..., val_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., keep_checkpoints: _Optional[int] = ..., worker_timeout_s: _Optional[float] = ..., recovery_budget_s: _Optional[float] = ..., request_id: _Optional[str] = ..., early_stopping: _Optional[_Union[EarlyStopping, _Mapping]] = ..., init_from: _Optional[_Union[InitFrom, _Mapping]] = ...) -> None: ...
 
 class EarlyStopping(_message.Message):
     __slots__ = ("metric", "patience", "min_delta")
