@@ -43,7 +43,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .progress import console, follow
 
-    logging.getLogger("service").setLevel(logging.WARNING)
+    logging.getLogger("dptrain").setLevel(logging.WARNING)
     started = time.monotonic()
     console.print("[bold]dptrain demo[/bold]: MLP 64-128-10 on the digits dataset, 2 Ray workers, via gRPC")
     with tempfile.TemporaryDirectory(prefix="dptrain-demo-") as state:

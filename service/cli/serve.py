@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dptrain.server import ServerConfig, serve
 
-    logging.getLogger("service").setLevel(logging.INFO)
+    logging.getLogger("dptrain").setLevel(logging.INFO)  # jobs accepted, started, failed (with the cause)
     kw = {"state_dir": args.state_dir} if args.state_dir else {}
     cfg = ServerConfig(host=args.host, port=args.port, max_running_jobs=args.max_running_jobs,
                        token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
                        ray_num_cpus=args.ray_num_cpus, **kw)
     generated = cfg.ensure_token()
     server = serve(cfg)
-    print(f"dptrain listening on {server.address}" + (f" (metrics on :{server.metrics_port})"
-                                                     if server.metrics_port else ""), flush=True)
+    print(f"dptrain listening on {server.address} (state in {cfg.state_dir})"
+          + (f", metrics on :{server.metrics_port}" if server.metrics_port else ""), flush=True)
     if generated:
         print(f"bearer token (generated): {cfg.token}", flush=True)
     if server.dashboard_url:

@@ -122,7 +122,7 @@ class Params(BaseModel):
 
 
 class DigitsParams(Params):
-    """scikit-learn's 8x8 digits: 1797 examples, 10 classes; 64 features or 1x8x8 images."""
+    """scikit-learn's 8x8 digits: 1797 examples, 10 classes; 64 features or 1x8x8 images, pixels 0-16 divided by 16."""
 
     image: Flag = Field(False, description="examples as 1x8x8 images (channels first) instead of 64 features")
 

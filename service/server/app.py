@@ -126,7 +126,7 @@ def serve(config: ServerConfig) -> Server:
     server.start()
     monitor = StoreMonitor(manager, health_servicer)
     monitor.start()
-    log.info("dptrain serving on %s:%d (state in %s)", config.host, port, state)
+    log.debug("dptrain serving on %s:%d (state in %s)", config.host, port, state)  # `dptrain serve` prints it
     if generated:
         log.warning("bound to %s: generated bearer token %s", config.host, config.token)
     return Server(config, server, manager, health_servicer, monitor, streams, port, metrics_port, dashboard)
