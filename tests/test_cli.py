@@ -354,3 +354,26 @@ def test_export_onnx_predicts_what_the_server_predicts(cli, tmp_path):
     (got,) = ort.InferenceSession(str(tmp_path / "lenet.onnx")).run(None, {"x": X})
     np.testing.assert_allclose(got, np.load(tmp_path / "y.npz")["outputs"], rtol=1e-4, atol=1e-5)
     assert "use a .onnx file name" in cli("export", job, "-o", str(tmp_path / "m.pt"), ok=False)
+
+
+def test_sweep_submits_a_group_and_compares_it(cli):
+    import json
+
+    out = cli("sweep", str(ROOT / "examples" / "digits_mlp.yaml"), "--grid", "optimizer.lr=1e-3,1e-2",
+              "--grid", "batch_size=32,64", "--set", "epochs=1", "--name", "grid-test", "--watch", "--json")
+    assert "submitted 4 trials of grid-test" in out
+    table = json.loads(out[out.index("["):])
+    assert sorted((t["trial"]["optimizer.lr"], t["trial"]["batch_size"]) for t in table) == [
+        ("1e-2", "32"), ("1e-2", "64"), ("1e-3", "32"), ("1e-3", "64")]
+    assert all(t["state"] == "SUCCEEDED" for t in table)
+    losses = [t["val_loss"] for t in table]
+    assert losses == sorted(losses)  # best first
+    listed = json.loads(cli("jobs", "--json"))
+    assert sorted(j["name"] for j in listed if j["name"].startswith("grid-test/")) == [f"grid-test/{k}" for k in range(4)]
+    out = cli("sweep", str(ROOT / "examples" / "digits_mlp.yaml"), "--random", "3", "--range",
+              "optimizer.lr=1e-4:1e-2:log", "--name", "rnd", "--set", "steps=3", "--no-watch")
+    assert "submitted 3 trials of rnd" in out
+    bad = cli("sweep", str(ROOT / "examples" / "digits_mlp.yaml"), "--grid", "optimizer.lr=1e-3,-1", ok=False)
+    assert "trial 1 (optimizer.lr=-1)" in bad and "optimizer.lr" in bad  # checked before anything is sent
+    assert "lo < hi" in cli("sweep", str(ROOT / "examples" / "digits_mlp.yaml"), "--random", "2", "--range",
+                            "optimizer.lr=1:0", ok=False)

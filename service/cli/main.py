@@ -9,7 +9,7 @@ import grpc
 from dptrain import __version__
 from dptrain.engine import SpecError
 
-from . import cluster, completion, inputs, local, metrics, remote, schema, serve
+from . import cluster, completion, inputs, local, metrics, remote, schema, serve, sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     remote.register(sub)
     inputs.register(sub)
     metrics.register(sub)
+    sweep.register(sub)
     cluster.register(sub)
     local.register(sub)
     schema.register(sub)

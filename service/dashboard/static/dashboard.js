@@ -103,6 +103,26 @@ function cell(tr, text) {
   return td;
 }
 
+function renderGroups() {  // sweep trials are named "<group>/<k>": a group ticks all of its jobs
+  const select = document.getElementById("group");
+  const groups = [...new Set([...jobs.values()].map(j => (j.name || "").split("/")).filter(p => p.length > 1)
+    .map(p => p.slice(0, -1).join("/")))].sort();
+  const have = [...select.options].map(o => o.value).slice(1);
+  if (have.join("\n") === groups.join("\n")) return;
+  const chosen = select.value;
+  select.replaceChildren(Object.assign(document.createElement("option"), {value: "", textContent: "—"}),
+    ...groups.map(g => Object.assign(document.createElement("option"), {value: g, textContent: g})));
+  select.value = groups.includes(chosen) ? chosen : "";
+}
+
+document.getElementById("group").addEventListener("change", e => {
+  const g = e.target.value;
+  overlay.clear();
+  for (const j of jobs.values()) if (g && (j.name || "").startsWith(`${g}/`)) overlay.add(j.id);
+  for (const [id, tr] of rows) tr.cells_.tick.firstChild.checked = overlay.has(id);
+  drawCharts();
+});
+
 function shown() {  // the jobs whose curves are drawn: the ticked ones, else the clicked one, else the
   // running ones, else the newest
   if (overlay.size) return [...overlay].filter(id => jobs.has(id));
@@ -230,6 +250,7 @@ async function poll() {
     jobs.clear();  // newest first (ids begin with their creation time)
     for (const j of (list.jobs || []).sort((a, b) => (a.id < b.id ? 1 : -1))) jobs.set(j.id, j);
     renderJobs();
+    renderGroups();
     for (const id of shown()) await loadMetrics(id);
     drawCharts();
     if (detail && stateOf(jobs.get(detail) || {}) === "RUNNING") await loadDetail();
