@@ -369,7 +369,8 @@ def test_sweep_submits_a_group_and_compares_it(cli):
     losses = [t["val_loss"] for t in table]
     assert losses == sorted(losses)  # best first
     listed = json.loads(cli("jobs", "--json"))
-    assert sorted(j["name"] for j in listed if j["name"].startswith("grid-test/")) == [f"grid-test/{k}" for k in range(4)]
+    names = sorted(j["name"] for j in listed if j["name"].startswith("grid-test/"))
+    assert names == [f"grid-test/{k}" for k in range(4)]
     out = cli("sweep", str(ROOT / "examples" / "digits_mlp.yaml"), "--random", "3", "--range",
               "optimizer.lr=1e-4:1e-2:log", "--name", "rnd", "--set", "steps=3", "--no-watch")
     assert "submitted 3 trials of rnd" in out
