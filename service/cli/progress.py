@@ -6,39 +6,63 @@ from typing import Iterator
 
 from dptrain.rpc import convert, pb
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 console = Console(soft_wrap=True)  # ids and paths stay on one line, for copying and scripts
 
 
 def follow(client, job_id: str, from_step: int = 0) -> pb.Job:
-    """Render WatchJob events as a progress bar until the job ends; returns the final Job."""
+    """Render WatchJob events as a progress bar until the job ends; returns the final Job.
+
+    The bar is short (it stays visible in 80 columns); its line shows the epoch's running
+    means of loss and accuracy (one batch's accuracy says little) and the latest validation."""
     job = client.get(job_id)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    last = None
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), TextColumn("{task.fields[steps]}"),
+               TextColumn("{task.fields[info]}"), TextColumn("eta"), TimeRemainingColumn())
+    last, epoch = None, _EpochMeans()
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(job.name or job.id, total=job.total_steps or None, info="queued")
+        total = job.total_steps or None
+        bar = progress.add_task(job.name or job.id, total=total, info="queued", steps=_steps(0, total))
         for event in client.watch(job_id, from_step=from_step):
             kind = event.WhichOneof("event")
             if kind == "state":
                 state = convert.state_from_pb(event.state.state)
-                progress.update(bar, info=state.lower())
-                if state in ("RUNNING",) and not progress.tasks[bar].total:
-                    progress.update(bar, total=client.get(job_id).total_steps or None)
+                if state == "RUNNING" and not total:
+                    total = client.get(job_id).total_steps or None
+                info = "starting workers" if state == "RUNNING" and last is None else state.lower()
+                progress.update(bar, total=total, info=info, steps=_steps(last.step if last else 0, total))
             elif kind == "metrics":
                 last = event.metrics
-                total = progress.tasks[bar].total or client.get(job_id).total_steps
-                progress.update(bar, completed=last.step, total=total, info=_line(last))
+                total = total or client.get(job_id).total_steps or None
+                progress.update(bar, completed=last.step, total=total, info=epoch.line(last),
+                                steps=_steps(last.step, total))
     final = client.get(job_id)
     summary(final, last)
     return final
 
 
-def _line(m: pb.StepMetrics) -> str:
-    acc = f" acc {m.accuracy:.3f}" if m.HasField("accuracy") else ""
-    return f"epoch {m.epoch + 1} loss {m.loss:.4f}{acc} {m.samples_per_s:,.0f} samples/s"
+def _steps(done: int, total: int | None) -> str:
+    return f"{done}/{total}" if total else f"{done}/?"
+
+
+class _EpochMeans:
+    """Running means over the current epoch (weighted by batch size), and the latest validation."""
+
+    def __init__(self) -> None:
+        self.epoch, self.n, self.loss, self.correct, self.val = -1, 0, 0.0, 0.0, ""
+
+    def line(self, m: pb.StepMetrics) -> str:
+        if m.epoch != self.epoch:
+            self.epoch, self.n, self.loss, self.correct = m.epoch, 0, 0.0, 0.0
+        self.n += m.batch
+        self.loss += m.loss * m.batch
+        self.correct += (m.accuracy if m.HasField("accuracy") else 0.0) * m.batch
+        if m.HasField("val_loss"):
+            acc = f"/{m.val_accuracy:.3f}" if m.HasField("val_accuracy") else ""
+            self.val = f" val {m.val_loss:.3f}{acc}"
+        acc = f" acc {self.correct / self.n:.3f}" if m.HasField("accuracy") else ""
+        return f"ep {m.epoch + 1} loss {self.loss / self.n:.3f}{acc}{self.val}"
 
 
 def spec_rows(job: pb.Job) -> list[tuple[str, str]]:
