@@ -369,7 +369,7 @@ def test_sweep_submits_a_group_and_compares_it(cli):
     losses = [t["val_loss"] for t in table]
     assert losses == sorted(losses)  # best first
     listed = json.loads(cli("jobs", "--json"))
-    names = sorted(j["name"] for j in listed if j["name"].startswith("grid-test/"))
+    names = sorted(j["name"] for j in listed if j.get("name", "").startswith("grid-test/"))
     assert names == [f"grid-test/{k}" for k in range(4)]
     out = cli("sweep", str(ROOT / "examples" / "digits_mlp.yaml"), "--random", "3", "--range",
               "optimizer.lr=1e-4:1e-2:log", "--name", "rnd", "--set", "steps=3", "--no-watch")
