@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 READY = "Ray runtime started"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(OSError):
     pass
 
 
@@ -174,8 +174,26 @@ def _ray_ready(p: Proc) -> bool:
     return READY in Path(p.log).read_text(errors="replace")
 
 
+UNIX_PATH_MAX = 107
+"""Longest Unix socket path Linux binds (sun_path is 108 bytes with its NUL)."""
+SOCKET_TAIL = len("/ray/session_2026-12-03_07-27-22_399045_14359/sockets/plasma_store")
+"""What Ray appends to the state directory for a socket path (at least: a longer pid or a
+numbered socket adds a few bytes, so a directory within them of the limit may still fail)."""
+
+
+def check_socket_paths(state_dir: Path) -> None:
+    """Ray's raylets bind Unix sockets under the state directory: a long one fails only in
+    node1.log, after a timeout; say so at once, with the fix."""
+    longest = len(str(Path(state_dir).resolve()).encode()) + SOCKET_TAIL
+    if longest > UNIX_PATH_MAX:
+        raise ClusterError(f"the state directory {state_dir} is too long for Ray's Unix sockets (paths of up to "
+                           f"{longest} bytes; Linux allows {UNIX_PATH_MAX}): set DPTRAIN_HOME to a shorter one, "
+                           f"e.g. DPTRAIN_HOME=/tmp/dptrain dptrain cluster up")
+
+
 def up(cfg: ClusterConfig) -> ClusterState:
     """Start the head, then the other nodes side by side, then the coordinator."""
+    check_socket_paths(cfg.state_dir)
     token = cluster_token(cfg.state_dir)
     if cfg.state_file.exists():
         old = ClusterState.load(cfg.state_file)

@@ -130,3 +130,12 @@ def test_the_nodes_admit_only_the_cluster_token(cluster, tmp_path):
     for env in ({"HOME": str(tmp_path)}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
         refused = gcs_client(state.ray_address, **env)
         assert "KEYS" not in refused.stdout and "auth" in refused.stderr.lower(), (env, refused.stderr[-1500:])
+
+
+def test_a_state_directory_too_long_for_rays_sockets_is_named_at_once(tmp_path):
+    from dptrain.cluster import ClusterConfig, ClusterError, up
+
+    deep = tmp_path / ("d" * 60)
+    with pytest.raises(ClusterError, match=r"too long for Ray's Unix sockets .* set DPTRAIN_HOME to a shorter one"):
+        up(ClusterConfig(state_dir=deep))
+    assert not (deep / "logs").exists()  # refused before anything started

@@ -271,3 +271,19 @@ def test_a_vocabulary_smaller_than_the_datas_token_ids_is_refused_at_submit(serv
         client.submit(token_job({"name": "npz", "params": {"path": info.id}}, 20, 5))
     assert "declare vocab >= 40" in e.value.details()
     client.submit(token_job({"name": "npz", "params": {"path": info.id}}, 40, 5))  # accepted
+
+
+def test_a_csv_option_other_than_the_uploads_is_refused_not_overwritten(server, client, tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
+    info = client.upload_dataset(tmp_path / "t.csv", label="label")
+    base = {"model": {"input": 2, "layers": ["linear 2"], "loss": "cross_entropy"},
+            "optimizer": {"name": "sgd", "lr": 0.1}, "steps": 1}
+    client.submit({**base, "dataset": {"name": "csv", "params": {"path": info.id}}})
+    client.submit({**base, "dataset": {"name": "csv", "params": {"path": info.id, "label": "label"}}})
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit({**base, "dataset": {"name": "csv", "params": {"path": info.id, "label": "a"}}})
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "dataset.params.label" in e.value.details() and "uploaded with label 'label', not 'a'" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit({**base, "dataset": {"name": "csv", "params": {"path": info.id, "task": "regression"}}})
+    assert "uploaded with task its default, not 'regression'" in e.value.details()

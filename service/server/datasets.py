@@ -103,7 +103,15 @@ class DatasetRegistry:
         if info["format"] != UPLOAD_FORMATS[ds["name"]]:
             raise SpecError("dataset.name", f"dataset {ref} is a {info['format']} upload, read by source "
                                             f"{SOURCE_OF[info['format']]!r}, not {ds['name']!r}")
-        params.update(info.get("options", {}), path=str(self.path_of(info)))
+        stored = info.get("options", {})
+        for key in CSV_OPTIONS:  # parse options are fixed at upload: a different one is a mistake, not a wish
+            given = params.get(key)
+            if given not in (None, "auto") and given != stored.get(key):
+                was = repr(stored[key]) if key in stored else "its default"
+                raise SpecError(f"dataset.params.{key}", f"dataset {info['id'][:16]} was uploaded with {key} {was}, "
+                                                         f"not {given!r}: upload the file again with --{key} {given} "
+                                                         f"(a file's parse options are fixed when it is uploaded)")
+        params.update(stored, path=str(self.path_of(info)))
         return {**spec, "dataset": {**ds, "params": params}}
 
     def find(self, ref: str) -> dict[str, Any]:
