@@ -343,7 +343,7 @@ def test_spec_error_format_and_fields():
      r"'sequence' or 'text', got 'cifar10'"),
     ({"params": {}}, "name", r"is required"),
     ({"name": "blobs", "shuffle": True}, "shuffle",
-     r"unknown field; allowed: name, params, seed, test_fraction, val_fraction"),
+     r"unknown field; allowed: name, params, seed, standardize, test_fraction, val_fraction"),
     ({"name": "blobs", "params": {"m": 1}}, "params.m",
      r"unknown field; allowed for 'blobs': classes, d, n, seed, spread"),
     ({"name": "blobs", "params": {"clases": 1}}, "params.clases", r"unknown field \(did you mean 'classes'\?\)"),

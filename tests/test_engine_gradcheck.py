@@ -41,6 +41,7 @@ def _inputs(op: str, n: int, width: int, seed: int) -> np.ndarray:
 
 ELSEWHERE = {  # ops checked in their own test files (finite differences and PyTorch)
     "prelu": "test_hardening_engine.py", "dropout": "test_engine_dropout.py", "batch_norm": "test_engine_batchnorm.py",
+    "standardize": "test_standardize.py",
     **dict.fromkeys(["conv2d", "conv1d", "max_pool2d", "avg_pool2d", "global_avg_pool", "flatten", "reshape",
                      "transpose"], "test_engine_vision.py"),
     **dict.fromkeys(["layer_norm", "group_norm", "embedding", "unembed", "pos_embedding", "matmul", "softmax",

@@ -18,7 +18,7 @@ SPECS = {
                                  "bias": False},
         {"op": "avg_pool2d", "kernel": 2, "stride": 1, "padding": 1}, "group_norm 3", "leaky_relu 0.1",
         "dropout 0.2", "global_avg_pool", "linear 5"]},
-    "seq1d": {"input": [3, 10], "layers": [{"op": "conv1d", "out": 4, "kernel": 3, "dilation": 2}, "elu",
+    "seq1d": {"input": [3, 10], "layers": ["standardize", {"op": "conv1d", "out": 4, "kernel": 3, "dilation": 2}, "elu",
                                            {"op": "transpose", "axes": [1, 0]}, "layer_norm",
                                            {"op": "reshape", "shape": [24]}, "linear 6", "prelu", "softplus",
                                            "flatten", "linear 3"]},

@@ -35,6 +35,22 @@ class InitFromSpec(Spec):
         return self.model_dump()
 
 
+def _standardized(model: ModelSpec) -> ModelSpec:
+    """The model with a `standardize` node reading the input, and every reader of the input
+    reading it instead (no change if it has one already: a stored spec, or a fork)."""
+    if any(n.op == "standardize" for n in model.nodes):
+        return model
+    if model.input.dtype == "int":
+        raise fail("token ids are not standardized: leave dataset.standardize unset for a token model",
+                   "dataset.standardize")
+    taken = {n.name for n in model.nodes}
+    name = next(c for c in ("standardize", *(f"standardize{i}" for i in range(1, 1000))) if c not in taken)
+    d = model.to_dict()
+    d["nodes"] = [{"name": name, "op": "standardize", "inputs": ["x"]}] + [
+        {**n, "inputs": [name if i == "x" else i for i in n["inputs"]]} for n in d["nodes"]]
+    return ModelSpec.from_dict(d)
+
+
 NESTED = ("model", "dataset", "optimizer")
 """Fields whose errors are named from the field itself (``optimizer.lr``); the others are ``job.<field>``."""
 
@@ -102,6 +118,8 @@ class TrainConfig(Spec):
         if self.val_every and self.dataset.val_fraction == 0:
             raise fail("the dataset has no validation split: set dataset.val_fraction > 0, or leave val_every "
                        "unset", "val_every")
+        if self.dataset.standardize:  # frozen: set once, here, as the validated value
+            object.__setattr__(self, "model", _standardized(self.model))
         return self
 
     @classmethod

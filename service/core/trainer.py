@@ -35,6 +35,7 @@ from dptrain.core.shard import Plan, PlanKind, WorkerJob, epoch_permutation
 from dptrain.core.telemetry import StepMetrics, WorkerTiming
 from dptrain.data import Dataset, Layout, load_splits
 from dptrain.engine import Model, SpecError
+from dptrain.engine.standardize import statistics as input_statistics
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Trainer:
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
         self.optimizer = make_optimizer(config.optimizer, self.model.num_params, self.model.dtype)
-        self.state = state or TrainState(theta=self.model.init_params(config.seed))
+        self.state = state or TrainState(theta=self._fresh_weights())
         if state is not None and state.optimizer:
             self.optimizer.load_state_dict(state.optimizer)
         self.on_step, self.on_weights = on_step, on_weights
@@ -137,6 +138,17 @@ class Trainer:
         self.state.theta = self.backend.publish(self.state.theta)
 
     # --- the schedule of batches -------------------------------------------------------
+    def _fresh_weights(self) -> np.ndarray:
+        """Initial weights; a `standardize` node's statistics from the training split alone."""
+        theta = self.model.init_params(self.config.seed)
+        views = self.model.views(theta)
+        for node in self.model.spec.nodes:
+            if node.op == "standardize":
+                mean, std = input_statistics(self.train.X)
+                views[f"{node.name}.mean"][...] = mean.reshape(views[f"{node.name}.mean"].shape)
+                views[f"{node.name}.std"][...] = std.reshape(views[f"{node.name}.std"].shape)
+        return theta
+
     def _steps_per_epoch(self) -> int:
         n, bs = self.train.n, self.config.batch_size
         steps = n // bs if self.config.drop_last else math.ceil(n / bs)

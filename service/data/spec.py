@@ -264,6 +264,8 @@ class DatasetSpec(Spec):
     val_fraction: Num(0.0, 1.0, hi_open=True) = Field(0.0, description="share of examples held out for validation")
     test_fraction: Num(0.0, 1.0, hi_open=True) = Field(
         0.0, description="share held out as a test set, evaluated once on the final weights")
+    standardize: bool = Field(False, description="scale each input value to mean 0, std 1 by the training split's "
+                                                 "statistics (a `standardize` node, part of the model)")
     seed: Int(0) = Field(0, description="seeds the split (and the generator, unless params.seed)")
 
     spec_path: ClassVar[str] = "dataset"
@@ -292,4 +294,6 @@ class DatasetSpec(Spec):
         d = {"name": self.name, "params": dict(self.params), "val_fraction": self.val_fraction, "seed": self.seed}
         if self.test_fraction:  # only when used: specs written before it keep their form
             d["test_fraction"] = self.test_fraction
+        if self.standardize:
+            d["standardize"] = True
         return d

@@ -200,6 +200,8 @@ EMIT: dict[str, Emit] = {
     "matmul": lambda g, n, x, a, p: g.op("MatMul", x, n),
     "softmax": lambda g, n, x, a, p: g.op("Softmax", [x[0]], n, axis=-1),
     "attention": _attention,
+    "standardize": lambda g, n, x, a, p: g.op("Div", [g.op("Sub", [x[0], g.const(f"{n}.mean", p["mean"])], f"{n}.c"),
+                                                     g.const(f"{n}.std", p["std"])], n),
 }
 
 

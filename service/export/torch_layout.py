@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 _SAME = {"b": "bias", "gamma": "weight", "beta": "bias", "running_mean": "running_mean",
-         "running_var": "running_var", "alpha": "weight"}
+         "running_var": "running_var", "alpha": "weight", "mean": "mean", "std": "std"}
 
 
 def _module_names(nodes: list[dict[str, Any]]) -> dict[str, str]:

@@ -129,7 +129,7 @@ class ModelSpec(_message.Message):
     def __init__(self, input: _Optional[int] = ..., loss: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., output: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_tokens: _Optional[bool] = ..., vocab: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., recompute_every: _Optional[int] = ..., recompute_ranges: _Optional[_Iterable[_Union[NodeRange, _Mapping]]] = ...) -> None: ...
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("name", "params", "val_fraction", "seed", "test_fraction")
+    __slots__ = ("name", "params", "val_fraction", "seed", "test_fraction", "standardize")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -142,12 +142,14 @@ class DatasetSpec(_message.Message):
     VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TEST_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    STANDARDIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     params: _containers.MessageMap[str, AttrValue]
     val_fraction: float
     seed: int
     test_fraction: float
-    def __init__(self, name: _Optional[str] = ..., params: _Optional[_Mapping[str, AttrValue]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., test_fraction: _Optional[float] = ...) -> None: ...
+    standardize: bool
+    def __init__(self, name: _Optional[str] = ..., params: _Optional[_Mapping[str, AttrValue]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., test_fraction: _Optional[float] = ..., standardize: _Optional[bool] = ...) -> None: ...
 
 class ScheduleSpec(_message.Message):
     __slots__ = ("name", "warmup_steps", "step_size", "gamma", "total_steps", "min_lr")

@@ -147,6 +147,8 @@ def gradcheck(spec: ModelSpec | Mapping[str, Any], seed: int = 0, n: int = 4, h:
         probe = _Prober(h, tol, floor, loss0)
         tensors: list[tuple[str, list[Probe]]] = []
         for p in model.params:
+            if not p.trainable:  # buffers (batch norm's running statistics, standardize's): no gradient by design
+                continue
             idx = rng.choice(p.size, size=min(p.size, max_per_tensor), replace=False)
             probes = [probe(f"{p.name}{_index(j, p.shape)}", lambda t: loss_at(t, X), theta, p.offset + j,
                             float(grad[p.offset + j])) for j in idx]

@@ -13,6 +13,7 @@ from .op import Op
 from .pooling import AvgPool2d, GlobalAvgPool, MaxPool2d
 from .reshape import Flatten, Reshape, Transpose
 from .sequence import Embedding, MatMul, PosEmbedding, Softmax, Unembed
+from .standardize import Standardize
 
 OPS: dict[str, type[Op]] = {
     "linear": Linear, "prelu": PReLU,
@@ -26,6 +27,7 @@ OPS: dict[str, type[Op]] = {
     "attention": Attention,
     "conv2d": Conv2d, "conv1d": Conv1d, "max_pool2d": MaxPool2d, "avg_pool2d": AvgPool2d,
     "global_avg_pool": GlobalAvgPool, "flatten": Flatten, "reshape": Reshape, "transpose": Transpose,
+    "standardize": Standardize,
 }
 
 # "linear 512", "leaky_relu 0.1", "conv2d 16 5": the attributes bare arguments set, in order
