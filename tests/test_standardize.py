@@ -10,6 +10,7 @@ from dptrain.data import load_dataset
 from dptrain.engine import Model, SpecError, gradcheck
 
 from .test_core_exactness import same_bits
+from .test_examples import train
 
 JOB = {"model": {"input": 64, "layers": ["linear 32", "tanh", "linear 10"], "loss": "cross_entropy"},
        "dataset": {"name": "digits", "val_fraction": 0.2, "standardize": True},
@@ -18,13 +19,7 @@ JOB = {"model": {"input": 64, "layers": ["linear 32", "tanh", "linear 10"], "los
 
 
 def run(job: dict, backend: str = "local", workers: int = 1) -> Trainer:
-    t = Trainer(TrainConfig.from_dict({**job, "workers": workers}), backend=backend)
-    try:
-        for _ in t.run():
-            pass
-    finally:
-        t.close()
-    return t
+    return train({**job, "workers": workers}, backend)
 
 
 def test_the_op_is_an_affine_map_and_its_gradient_checks():

@@ -166,17 +166,22 @@ def predict(m: JobManager, req: pb.PredictRequest, max_rows: int) -> pb.PredictR
                               version=version, step=step)
 
 
-METRICS_PAGE = (1000, 10_000)  # default and largest page of GetMetrics
+METRICS_PAGE = (1000, 10_000)  # default and largest page of GetMetrics and GetJobLog
+
+
+def _page(job_id: str, start_field: str, start: int, page_size: int) -> tuple[str, int]:
+    """A paged request's job id and page size, checked: (job_id, rows per page)."""
+    job_id = bounds.check_job_id(job_id)
+    if start < 0:
+        raise SpecError(start_field, f"must be >= 0, got {start}")
+    if not 0 <= page_size <= METRICS_PAGE[1]:
+        raise SpecError("page_size", f"must be in [0, {METRICS_PAGE[1]}], got {page_size}")
+    return job_id, page_size or METRICS_PAGE[0]
 
 
 def get_metrics(m: JobManager, req: pb.GetMetricsRequest) -> pb.GetMetricsResponse:
     """One page of the stored history (what checkpoints and the 1 s flush have written)."""
-    job_id = bounds.check_job_id(req.job_id)
-    if req.from_step < 0:
-        raise SpecError("from_step", f"must be >= 0, got {req.from_step}")
-    if not 0 <= req.page_size <= METRICS_PAGE[1]:
-        raise SpecError("page_size", f"must be in [0, {METRICS_PAGE[1]}], got {req.page_size}")
-    size = req.page_size or METRICS_PAGE[0]
+    job_id, size = _page(req.job_id, "from_step", req.from_step, req.page_size)
     rows = m.store.metrics(job_id, req.from_step, limit=size + 1)
     resp = pb.GetMetricsResponse(metrics=[convert.metrics_to_pb(d) for _, d in rows[:size]])
     if len(rows) > size:
@@ -186,13 +191,9 @@ def get_metrics(m: JobManager, req: pb.GetMetricsRequest) -> pb.GetMetricsRespon
 
 def get_job_log(m: JobManager, req: pb.GetJobLogRequest) -> pb.GetJobLogResponse:
     """One page of the job's log after line `after`."""
-    job_id = bounds.check_job_id(req.job_id)
-    if req.after < 0:
-        raise SpecError("after", f"must be >= 0, got {req.after}")
-    if not 0 <= req.page_size <= METRICS_PAGE[1]:
-        raise SpecError("page_size", f"must be in [0, {METRICS_PAGE[1]}], got {req.page_size}")
+    job_id, size = _page(req.job_id, "after", req.after, req.page_size)
     resp = pb.GetJobLogResponse()
-    for e in m.store.events(job_id, req.after, limit=req.page_size or METRICS_PAGE[0]):
+    for e in m.store.events(job_id, req.after, limit=size):
         line = resp.lines.add(seq=e["seq"], kind=e["kind"], message=e["message"])
         line.time.FromNanoseconds(int(e["time"] * 1e9))
     return resp
