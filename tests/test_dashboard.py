@@ -115,3 +115,10 @@ def test_the_page_shows_the_jobs_and_a_running_jobs_curve_grows(dashboard_server
             assert not errors, errors
     finally:
         browser.quit()
+
+
+def test_a_busy_port_is_named_with_the_way_out(dashboard_server):
+    from dptrain.dashboard import start_dashboard
+
+    with pytest.raises(OSError, match=r"cannot serve on 127.0.0.1:\d+.*--dashboard-port to choose another port"):
+        start_dashboard(dashboard_server.manager, "127.0.0.1", dashboard_server.dashboard.port, None)

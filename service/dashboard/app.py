@@ -141,5 +141,6 @@ def start_dashboard(manager: Any, host: str, port: int, token: str | None) -> Da
     thread.start()
     started.wait(timeout=30)
     if "error" in ready:
-        raise OSError(f"dashboard: cannot serve on {host}:{port}: {ready['error']}")
+        raise OSError(f"dashboard: cannot serve on {host}:{port}: {ready['error']} (dptrain serve: "
+                      f"--dashboard-port to choose another port, --no-dashboard to go without)")
     return Dashboard(ready["port"], loop, runner, thread)
