@@ -494,13 +494,16 @@ def test_checkpoint_rejects_path_like_job_ids(tmp_path):
 def test_job_log(store):
     rec, other = store.create("a", SPEC), store.create("b", SPEC)
     assert store.events(rec.id) == []
-    store.append_event(rec.id, "submitted", "accepted")
-    store.append_event(other.id, "submitted", "accepted too")
-    store.append_event(rec.id, "failed", "failed: the disk is full")
+    store.append_events(rec.id, [(1.0, "submitted", "accepted")])
+    store.append_events(other.id, [(2.0, "submitted", "accepted too")])
+    store.append_events(rec.id, [(3.0, "failed", "failed: the disk is full")])
+    store.append_events(rec.id, [])  # nothing to write
     lines = store.events(rec.id)
     assert [(e["kind"], e["message"]) for e in lines] == [("submitted", "accepted"),
                                                           ("failed", "failed: the disk is full")]
-    assert lines[0]["seq"] < lines[1]["seq"] and lines[0]["time"] <= lines[1]["time"]
+    assert lines[0]["seq"] < lines[1]["seq"] and (lines[0]["time"], lines[1]["time"]) == (1.0, 3.0)
     assert store.events(rec.id, after=lines[0]["seq"]) == lines[1:] and store.events(rec.id, limit=1) == lines[:1]
     with pytest.raises(JobNotFound):
         store.events("0000000000000000000f")
+    with pytest.raises(JobNotFound):
+        store.append_events("0000000000000000000f", [(1.0, "x", "y")])

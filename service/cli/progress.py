@@ -78,7 +78,7 @@ def spec_rows(job: pb.Job) -> list[tuple[str, str]]:
     if s.HasField("optimizer"):
         sched = f", {s.optimizer.schedule.name} schedule" if s.optimizer.schedule.name else ""
         rows.append(("optimizer", f"{s.optimizer.name} lr {s.optimizer.lr:g}{sched}"))
-    run = f"batch {s.batch_size or 256}, chunk {s.chunk_size or 256}, {s.workers or 2} workers"
+    run = f"batch {s.batch_size}, chunk {s.chunk_size}, {s.workers} workers"  # the stored spec has every field
     rows.append(("run", run + (f", seed {s.seed}" if s.seed else "")))
     stamps = {k: getattr(job, k).ToDatetime() for k in ("created", "started", "finished") if job.HasField(k)}
     for k, when in stamps.items():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from dptrain.engine import SpecError
+from dptrain.rpc.bounds import CSV_OPTIONS, UPLOAD_FORMATS
 from dptrain.store.base import STATES
 
 from .progress import console, follow, job_rows, summary
@@ -127,17 +128,13 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
-FILE_SOURCES = {"npz": ".npz", "csv": ".csv", "text": ".txt"}
-UPLOAD_OPTIONS = ("label", "header", "task", "delimiter")
-
-
 def upload_local_data(c, spec: dict, spec_dir: Path) -> None:
     """A file source whose path is a file here (from the working directory, else the spec's
     folder) is uploaded, and the spec names the upload instead: the server reads uploads,
     never client paths. The same bytes and options give the same id, so a second submit
     stores nothing new."""
     ds = spec.get("dataset")
-    if not isinstance(ds, dict) or ds.get("name") not in FILE_SOURCES or not isinstance(ds.get("params"), dict):
+    if not isinstance(ds, dict) or ds.get("name") not in UPLOAD_FORMATS or not isinstance(ds.get("params"), dict):
         return
     raw = ds["params"].get("path")
     if not isinstance(raw, str):
@@ -149,7 +146,7 @@ def upload_local_data(c, spec: dict, spec_dir: Path) -> None:
                                                    f"dataset's id (`dptrain datasets ls`; `dptrain datasets upload "
                                                    f"FILE` uploads one)")
         return  # an uploaded dataset's id, or a prefix: the server resolves it
-    opts = {k: ds["params"][k] for k in UPLOAD_OPTIONS if ds["params"].get(k) not in (None, "auto")}
+    opts = {k: ds["params"][k] for k in CSV_OPTIONS if ds["params"].get(k) not in (None, "auto")}
     info = c.upload_dataset(path, **opts)
     console.print(f"uploaded {path} as dataset [bold]{info.id}[/bold] ({info.n} examples)")
     ds["params"] = {**ds["params"], "path": info.id}

@@ -87,21 +87,22 @@ def _global_avg_pool(g, n, x, a, p):
     return g.op("Flatten", [g.op("GlobalAveragePool", [x[0]], f"{n}.pool")], n, axis=1)
 
 
-def _norm(g, n, x, p, channels: int) -> tuple[str, str]:
+def _affine(g, n, p, channels: int) -> tuple[str, str]:
+    """gamma and beta, or 1 and 0 without `affine`."""
     ones, zeros = np.ones(channels), np.zeros(channels)
     return (g.const(f"{n}.gamma", p.get("gamma", ones)), g.const(f"{n}.beta", p.get("beta", zeros)))
 
 
 def _batch_norm(g, n, x, a, p):
     c = p["running_mean"].shape[0]
-    gamma, beta = _norm(g, n, x, p, c)
+    gamma, beta = _affine(g, n, p, c)
     return g.op("BatchNormalization", [x[0], gamma, beta, g.const(f"{n}.mean", p["running_mean"]),
                                        g.const(f"{n}.var", p["running_var"])], n, epsilon=float(a["eps"]))
 
 
 def _layer_norm(dim: Callable[[Mapping[str, np.ndarray]], int]) -> Emit:
     def emit(g, n, x, a, p):
-        gamma, beta = _norm(g, n, x, p, dim(p))
+        gamma, beta = _affine(g, n, p, dim(p))
         return g.op("LayerNormalization", [x[0], gamma, beta], n, axis=-1, epsilon=float(a["eps"]))
     return emit
 
@@ -220,6 +221,7 @@ def to_onnx(spec: Mapping[str, Any], weights: Mapping[str, np.ndarray], name: st
         op = model.graph.ops[node.name]
         params = {name: np.asarray(weights[flat], dtype=np.float32)  # a shared node reads its owner's
                   for name, flat in model.graph.uses.get(node.name, {}).items()}
+        # the emitters that need the input's per-example shape read it here, beside the weights
         params["_in_shape"] = np.array(model.graph.shapes[node.inputs[0]])
         if node.op == "attention" and len(params["_in_shape"]) != 2:
             raise ValueError(f"{node.name}: ONNX export takes attention over (T, D) examples, "

@@ -47,6 +47,8 @@ ERROR_CHARS = 1000
 UPLOAD_FORMATS = {"npz": "npz", "csv": "csv", "text": "txt"}
 """Each file source and the format (file extension) of its uploads: over the API, such a
 source's params.path is an uploaded dataset's id, and an upload's format is one of these."""
+CSV_OPTIONS = ("label", "header", "task", "delimiter")
+"""How a csv upload is parsed: fixed when it is uploaded (the dataset's id covers them)."""
 
 # --- repeated fields -------------------------------------------------------------------
 NODES = _EngineLimits().max_nodes

@@ -50,7 +50,7 @@ from dptrain.data.sequences import Text, windows
 from dptrain.data.spec import DEFAULT_CONTEXT
 from dptrain.engine import SpecError
 from dptrain.engine.errors import show as clip
-from dptrain.rpc.bounds import UPLOAD_FORMATS
+from dptrain.rpc.bounds import CSV_OPTIONS, UPLOAD_FORMATS
 from dptrain.store.base import DatasetNotFound, JobStore
 from dptrain.store.disk import fsync_dir
 
@@ -59,7 +59,6 @@ from .config import Limits
 log = logging.getLogger(__name__)
 FORMATS = tuple(UPLOAD_FORMATS.values())
 SOURCE_OF = {fmt: name for name, fmt in UPLOAD_FORMATS.items()}
-CSV_OPTIONS = ("label", "header", "task", "delimiter")
 MAX_FILENAME_CHARS = 255
 PARTIAL_PREFIX = ".upload-"
 MIN_PREFIX = 6

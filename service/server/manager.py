@@ -70,7 +70,8 @@ class JobCancelled(Exception):
 
 
 class MetricsBuffer:
-    """Per-step metrics reach the store in batches: one fsync a second, not one a step.
+    """Per-step metrics and log lines reach the store in batches: one fsync a second, not
+    one a step (or a validation pass).
 
     Steps after the last checkpoint are re-run on resume, so a crash loses no history
     that cannot be rebuilt; the buffer is flushed before every checkpoint.
@@ -79,10 +80,13 @@ class MetricsBuffer:
     def __init__(self, store: JobStore, job_id: str, every_s: float = 1.0) -> None:
         self.store, self.job_id, self.every_s = store, job_id, every_s
         self.items: list[tuple[int, dict[str, Any]]] = []
+        self.lines: list[tuple[float, str, str]] = []
         self.last = time.monotonic()
 
-    def add(self, step: int, metrics: dict[str, Any]) -> None:
+    def add(self, step: int, metrics: dict[str, Any], lines: list[tuple[str, str]] = ()) -> None:
         self.items.append((step, metrics))
+        now = time.time()
+        self.lines += [(now, kind, message) for kind, message in lines]
         if time.monotonic() - self.last >= self.every_s:
             self.flush()
 
@@ -90,6 +94,9 @@ class MetricsBuffer:
         if self.items:
             self.store.append_metrics(self.job_id, self.items)
             self.items = []
+        if self.lines:
+            self.store.append_events(self.job_id, self.lines)
+            self.lines = []
         self.last = time.monotonic()
 
 
@@ -182,7 +189,7 @@ class JobManager:
         d["init_from"] = {**d["init_from"], "job": source_id}
         return TrainConfig.from_dict(d)
 
-    def _initial_state(self, job_id: str, config: TrainConfig) -> TrainState | None:
+    def _initial_state(self, job_id: str, config: TrainConfig) -> TrainState:
         """The source job's weights (and optimizer state, if asked) for a job with init_from."""
         ref = config.init_from
         src = (self.checkpoints.load(ref.job, ref.step) if ref.step is not None
@@ -226,8 +233,10 @@ class JobManager:
                 self.weights.pop(job_id, None)
             elif job_id in self.running:
                 self.running[job_id].set()
-        self.event(job_id, "cancel", "cancel requested" + (": stops at the end of the current step"
-                                                          if rec.state == JobState.RUNNING else ""))
+        if rec.state == JobState.CANCELLED:  # it was queued: cancelled at once
+            self.event(job_id, "cancelled", "cancelled while queued")
+        else:
+            self.event(job_id, "cancel", "cancel requested: it stops at the end of the current step")
         return rec
 
     def feed(self, job_id: str) -> JobFeed:
@@ -315,9 +324,8 @@ class JobManager:
                 m = trainer.step()
                 d = m.as_dict()
                 feed.add_metrics(m.step, metrics_event(job_id, d))
-                history.add(m.step, d)
+                history.add(m.step, d, self._step_lines(job_id, m, trainer))
                 prom.observe_step(m, job_id)
-                self._step_events(job_id, m, trainer)
                 every = config.checkpoint_every
                 if every and m.step % every == 0 and not trainer.done:
                     self._checkpoint(job_id, trainer, history)
@@ -380,26 +388,28 @@ class JobManager:
                 self.pending[job_id] = (state, error)
 
     def event(self, job_id: str, kind: str, message: str) -> None:
-        """One line of the job's log (`dptrain logs`). Never fails the job: a store that
-        cannot write now loses the line, and the server log has it."""
+        """One line of the job's log (`dptrain logs`), written now. Never fails the job: a
+        store that cannot write now loses the line, and the server log has it."""
         try:
-            self.store.append_event(job_id, kind, message)
+            self.store.append_events(job_id, [(time.time(), kind, message)])
         except StoreError as e:
             log.warning("job %s: log line not stored (%s): %s", job_id, e, message)
 
-    def _step_events(self, job_id: str, m: Any, trainer: Trainer) -> None:
+    def _step_lines(self, job_id: str, m: Any, trainer: Trainer) -> list[tuple[str, str]]:
+        """A step's log lines (kind, message): they go with its metrics, in the same batches."""
+        lines = []
         if m.failures:
-            self.event(job_id, "recovered", f"step {m.step}: {m.failures} worker failure(s) recovered "
-                                            f"(the step's plans recomputed; the weights are unchanged by it); "
-                                            + _workers_line(self.stats(job_id, trainer).get("workers") or []))
-        if m.val_loss is not None:
-            acc = f", accuracy {m.val_accuracy:.4f}" if m.val_accuracy is not None else ""
-            self.event(job_id, "validation", f"step {m.step}: validation loss {m.val_loss:.4f}{acc}")
-        if m.test_loss is not None:
-            acc = f", accuracy {m.test_accuracy:.4f}" if m.test_accuracy is not None else ""
-            self.event(job_id, "test", f"step {m.step}: test loss {m.test_loss:.4f}{acc} (held-out split)")
+            lines.append(("recovered", f"step {m.step}: {m.failures} worker failure(s) recovered (the step's plans "
+                                       f"recomputed; the weights are unchanged by it); "
+                                       + _workers_line(self.stats(job_id, trainer).get("workers") or [])))
+        for kind, what, loss, acc in (("validation", "validation", m.val_loss, m.val_accuracy),
+                                      ("test", "test", m.test_loss, m.test_accuracy)):
+            if loss is not None:
+                lines.append((kind, f"step {m.step}: {what} loss {loss:.4f}"
+                                    + (f", accuracy {acc:.4f}" if acc is not None else "")))
         if trainer.stopped and trainer.done:
-            self.event(job_id, "early_stop", trainer.stopped)
+            lines.append(("early_stop", trainer.stopped))
+        return lines
 
     def settle_pending(self) -> None:
         """Retry final states the store could not write (e.g. while the disk was full)."""

@@ -315,8 +315,9 @@ class JobStore(ABC):
         """Recorded metrics of steps >= ``from_step``, in step order; at most ``limit`` of them."""
 
     @abstractmethod
-    def append_event(self, job_id: str, kind: str, message: str) -> None:
-        """Add one line to the job's log (``dptrain logs``): what happened to it, in order."""
+    def append_events(self, job_id: str, lines: list[tuple[float, str, str]]) -> None:
+        """Add lines (time, kind, message) to the job's log (``dptrain logs``), in one
+        transaction: what happened to it, in order."""
 
     @abstractmethod
     def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:

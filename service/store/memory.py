@@ -120,11 +120,12 @@ class MemoryJobStore(JobStore):
             steps = [s for s in sorted(history) if s >= from_step][:limit]
             return [(s, copy.deepcopy(history[s])) for s in steps]
 
-    def append_event(self, job_id: str, kind: str, message: str) -> None:
+    def append_events(self, job_id: str, lines: list[tuple[float, str, str]]) -> None:
         with self._lock:
             self._record(job_id)
-            self._events.append({"seq": len(self._events) + 1, "time": time.time(), "kind": kind,
-                                 "message": message, "job_id": job_id})
+            for t, kind, message in lines:
+                self._events.append({"seq": len(self._events) + 1, "time": float(t), "kind": kind,
+                                     "message": message, "job_id": job_id})
 
     def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         with self._lock:

@@ -299,10 +299,13 @@ class SqliteJobStore(JobStore):
                               (job_id, int(from_step), -1 if limit is None else int(limit)))
         return [(step, json.loads(data)) for step, data in rows]
 
-    def append_event(self, job_id: str, kind: str, message: str) -> None:
+    def append_events(self, job_id: str, lines: list[tuple[float, str, str]]) -> None:
+        if not lines:
+            return
         with self._tx() as c:
-            c.execute("INSERT INTO events (job_id, time, kind, message) VALUES (?, ?, ?, ?)",
-                      (job_id, time.time(), kind, message))
+            self._get(c, job_id)
+            c.executemany("INSERT INTO events (job_id, time, kind, message) VALUES (?, ?, ?, ?)",
+                          [(job_id, float(t), kind, message) for t, kind, message in lines])
 
     def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         with self._reading() as c:

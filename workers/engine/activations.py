@@ -20,6 +20,18 @@ _INV_SQRT2PI = 1.0 / np.sqrt(2.0 * np.pi)
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))  # Python floats: float32 arithmetic in float32
 _TANH_C = 0.044715
 
+BLOCK = 1 << 16
+"""Values per block of an elementwise chain (256 KiB in float32): its passes then run in L2."""
+
+
+def _in_blocks(*arrays):
+    """Matching flat slices of same-shaped arrays (None passes through), BLOCK values at a
+    time; slices of the arrays we write are views (our buffers are contiguous)."""
+    flat = [None if a is None else a.reshape(-1) for a in arrays]
+    n = flat[0].size
+    for lo in range(0, n, BLOCK):
+        yield [None if a is None else a[lo:lo + BLOCK] for a in flat]
+
 
 class Pointwise(Op):
     """Shared plumbing: one input of any width, same output width, no parameters."""
@@ -190,19 +202,6 @@ class GELU(Pointwise):
                 d *= x
             np.add(Phi, d, out=g_i)
             g_i *= g_o
-
-
-BLOCK = 1 << 16
-"""Values per block of an elementwise chain (256 KiB in float32): its passes then run in L2."""
-
-
-def _in_blocks(*arrays):
-    """Matching flat slices of same-shaped arrays (None passes through), BLOCK values at a
-    time; slices of the arrays we write are views (our buffers are contiguous)."""
-    flat = [None if a is None else a.reshape(-1) for a in arrays]
-    n = flat[0].size
-    for lo in range(0, n, BLOCK):
-        yield [None if a is None else a[lo:lo + BLOCK] for a in flat]
 
 
 class Softplus(Pointwise):

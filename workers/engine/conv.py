@@ -1,14 +1,16 @@
 """Convolutions: conv2d on (C, H, W) examples and conv1d on (C, L), as PyTorch computes them.
 
 im2col: the padded input's windows are copied, by one strided view, into a matrix `cols`
-of shape (C kh kw, B OH OW) whose column (b, y, x) holds example b's window at output
-position (y, x). The convolution is then one GEMM per group, out = W cols, with W viewed
-as (out, C/groups kh kw); the batch is folded into the GEMM's columns, so each output
-value is a dot product over that example's window alone (batch-independent bits).
+of shape (C kh kw, b L) whose columns hold each example's window at every output position
+(L per example; with stride 1, L = (OH - 1) Wp + OW: see `_Conv._windows`). The
+convolution is one GEMM per group, out = W cols, with W viewed as (out, C/groups kh kw).
+This runs a block of b examples at a time (`BLOCK_VALUES`), in one reused buffer, so the
+columns never leave the cache; the block size depends on the layer and the chunk only,
+so a chunk's bits do not depend on the worker count.
 
-Backward (docs/backprop.md, 'Per-layer rules', with cols as the layer's input):
-g_W = g_out cols^T (a sum over the batch and positions), g_b = the sum of g_out over
-the batch and positions, and g_cols = W^T g_out, which col2im adds back onto the
+Backward (docs/backprop.md, 'Per-layer rules', with cols as the layer's input), block by
+block with the columns built again: g_W = g_out cols^T and g_b = the sum of g_out, each
+summed over the blocks in order, and g_cols = W^T g_out, which col2im adds back onto the
 padded input: one strided add per kernel offset (kh kw of them), never a loop over
 examples. Every buffer comes from the op's workspace, so a warm step allocates nothing.
 """
@@ -68,7 +70,7 @@ def window(xp: Array, i: int, j: int, out_hw: tuple[int, int], stride: tuple[int
 
 
 BLOCK_VALUES = 1 << 17
-"""Values of im2col's matrix built at a time (1 MiB in float32): a block of examples stays in cache."""
+"""Values of im2col's matrix built at a time (512 KiB in float32): a block of examples stays in cache."""
 
 
 class _Conv(Op):
@@ -133,8 +135,8 @@ class _Conv(Op):
         self.dims = (B, C, H, W, Co, G, oh, ow)
         self.xp = np.ascontiguousarray(padded(self, x4, pad, 0.0))
         self.rows = stride == (1, 1)  # windows are runs of the padded rows (see _windows)
-        Wp = W + 2 * pad[1]
-        self.L = (oh - 1) * Wp + ow if self.rows else oh * ow  # im2col columns per example
+        self.Wp = W + 2 * pad[1]  # the padded row's length
+        self.L = (oh - 1) * self.Wp + ow if self.rows else oh * ow  # im2col columns per example
         self.W = p["W"].reshape(G, Co // G, -1)
         out = self.buf("out", (B, Co, oh, ow))
         for b0, b1 in self._blocks():
@@ -181,8 +183,7 @@ class _Conv(Op):
         if not self.rows:
             return a.reshape(a.shape[0], a.shape[1], oh, ow)
         s0, s1, s2 = a.strides
-        wp = (self.L - ow) // (oh - 1) if oh > 1 else ow
-        return as_strided(a, (a.shape[0], a.shape[1], oh, ow), (s0, s1, wp * s2, s2))
+        return as_strided(a, (a.shape[0], a.shape[1], oh, ow), (s0, s1, self.Wp * s2, s2))
 
     @property
     def block(self) -> int:

@@ -8,6 +8,7 @@ give the same bits. Off (the identity) in evaluation and prediction, as in PyTor
 from __future__ import annotations
 
 import zlib
+from functools import cache
 
 import numpy as np
 
@@ -57,6 +58,15 @@ def _fmix32(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     return z
 
 
+@cache
+def _position_keys(size: int) -> np.ndarray:
+    """j golden32 for the positions j of an example (wrapping), computed once per size."""
+    with np.errstate(over="ignore"):
+        keys = np.arange(size, dtype=np.uint32) * _GOLDEN32
+    keys.flags.writeable = False
+    return keys
+
+
 def keep_mask(seed: int, step: int, node: str, rows: np.ndarray, size: int, p: float,
               ws: Workspace | None = None) -> np.ndarray:
     """(len(rows), size) booleans: value j of the example at dataset row r is kept with
@@ -67,9 +77,7 @@ def keep_mask(seed: int, step: int, node: str, rows: np.ndarray, size: int, p: f
     shape, u32 = (len(rows), size), np.dtype(np.uint32)
     z, tmp = ws.get("z", shape, u32), ws.get("tmp", shape, u32)
     with np.errstate(over="ignore"):
-        steps = ws.get(f"steps{size}", (size,), u32)
-        np.multiply(np.arange(size, dtype=np.uint32), _GOLDEN32, out=steps)
-        np.add(_row_keys(_key(seed, step, node), rows)[:, None], steps, out=z)
+        np.add(_row_keys(_key(seed, step, node), rows)[:, None], _position_keys(size), out=z)
         _fmix32(z, tmp)
     threshold = np.uint32(min(round(p * (1 << 32)), (1 << 32) - 1))
     return np.greater_equal(z, threshold, out=ws.get("keep", shape, np.dtype(bool)))
