@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .op import Op, has_nan
 from .special import erf, expit
 
@@ -94,6 +95,10 @@ class ReLU(Pointwise):
         np.maximum(x, 0, out=out)
 
     def g(self, g_out, g_in):
+        kernel = kernels.for_arrays(self.out, g_out, g_in)
+        if kernel:  # the passes below in one compiled loop
+            kernel.relu_backward(self.out, g_out, g_in, g_in.size)
+            return
         mask = self.ws.get("mask", (min(BLOCK, g_in.size),), np.dtype(bool))
         for out, g_o, g_i in _in_blocks(self.out, g_out, g_in):  # the mask stays in cache
             m = mask[:out.size]
@@ -154,16 +159,24 @@ class GELU(Pointwise):
     several times faster in float32). Forward keeps Phi (and tanh's value) for backward,
     so erf or tanh is evaluated once per step. Each form is a chain of elementwise passes,
     run over blocks of BLOCK values so that the chain's intermediates stay in cache
-    (elementwise, so the bits are those of whole-array passes).
+    (elementwise, so the bits are those of whole-array passes). In float32 the tanh form's
+    passes run as compiled loops around numpy's tanh (kernels.py), which keep t only.
     """
 
     attr_defaults = {"approximate": "none"}
     attr_kinds = {"approximate": "approximate"}
 
     def f(self, x, out):
-        self.Phi = self.buf("Phi", x.shape)
         tanh = self.attrs["approximate"] == "tanh"
         self.t = self.buf("t", x.shape) if tanh else None
+        self.kernel = kernels.for_arrays(x, out) if tanh else None
+        if self.kernel:  # the passes below fused around numpy's tanh; backward recomputes Phi from t
+            for x_, out_, t in _in_blocks(x, out, self.t):
+                self.kernel.gelu_tanh_inner(x_, t, t.size, _TANH_C, _SQRT_2_OVER_PI)
+                np.tanh(t, out=t)
+                self.kernel.gelu_tanh_outer(x_, t, out_, t.size)
+            return
+        self.Phi = self.buf("Phi", x.shape)
         for x_, out_, Phi, t in _in_blocks(x, out, self.Phi, self.t):
             if tanh:  # t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), Phi = (1 + t) / 2
                 np.multiply(x_, x_, out=t)
@@ -182,6 +195,10 @@ class GELU(Pointwise):
             np.multiply(Phi, x_, out=out_)
 
     def g(self, g_out, g_in):
+        if self.kernel:  # the passes below in one compiled loop
+            self.kernel.gelu_tanh_backward(self.x, self.t, np.ascontiguousarray(g_out), g_in, g_in.size,
+                                           3 * _TANH_C, _SQRT_2_OVER_PI / 2)
+            return
         dens = self.buf("dens", self.x.shape)  # x phi(x), or its tanh form
         tanh = self.attrs["approximate"] == "tanh"
         for x, g_o, g_i, d, Phi, t in _in_blocks(self.x, g_out, g_in, dens, self.Phi, self.t):

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import kernels
 from .layers import weights_and_bias
 from .op import Array, Op, Shape
 
@@ -139,13 +140,19 @@ class _Conv(Op):
         self.L = (oh - 1) * self.Wp + ow if self.rows else oh * ow  # im2col columns per example
         self.W = p["W"].reshape(G, Co // G, -1)
         out = self.buf("out", (B, Co, oh, ow))
+        out_full = self.buf("out_t", (Co, self.block, self.L))
+        bias = p.get("b")
+        k = kernels.for_arrays(self.xp, out_full, bias)
         for b0, b1 in self._blocks():
             cols = self._im2col(b0, b1)
-            out_t = self.buf("out_t", (Co, self.block, self.L))[:, :b1 - b0]
+            out_t = out_full[:, :b1 - b0]
             np.matmul(self.W, cols.reshape(G, -1, cols.shape[1]), out=out_t.reshape(G, Co // G, -1))
+            if k:  # the copy (and bias add) below, in one compiled loop
+                k.conv_out(out_full, bias, out, b0, b1, Co, self.block, self.L, oh, ow, self._ystep)
+                continue
             valid = self._valid(out_t).transpose(1, 0, 2, 3)
-            if "b" in p:
-                np.add(valid, p["b"][:, None, None], out=out[b0:b1])
+            if bias is not None:
+                np.add(valid, bias[:, None, None], out=out[b0:b1])
             else:
                 np.copyto(out[b0:b1], valid)
         return out.reshape((B, Co, oh, ow) if self.rank == 2 else (B, Co, ow))
@@ -155,7 +162,12 @@ class _Conv(Op):
         block-sized buffer: built when needed (forward, and again in backward) rather than
         kept, so it never leaves the cache and the batch's columns are never stored."""
         K = self.W.shape[0] * self.W.shape[2]
-        cols = self.buf("cols", (K, self.block, self.L))[:, :b1 - b0]
+        full = self.buf("cols", (K, self.block, self.L))
+        cols = full[:, :b1 - b0]
+        k = kernels.for_arrays(self.xp, full)
+        if k:  # the copy below, as one compiled loop
+            k.im2col(self.xp, full, b0, b1, *self._kernel_geometry())
+            return cols.reshape(K, -1)
         src = self._windows(self.xp)[:, :, :, b0:b1]
         np.copyto(cols.reshape(src.shape), src)
         return cols.reshape(K, -1)
@@ -176,6 +188,19 @@ class _Conv(Op):
             return as_strided(xp, (C, kh, kw, b, self.L), (sc, dil[0] * sy, dil[1] * sx, sb, sx), writeable=writeable)
         return as_strided(xp, (C, kh, kw, b, oh, ow),
                           (sc, dil[0] * sy, dil[1] * sx, sb, stride[0] * sy, stride[1] * sx), writeable=writeable)
+
+    def _kernel_geometry(self) -> tuple[int, ...]:
+        """_windows' view as the compiled im2col and col2im take it (_kernels.c, 'the window geometry')."""
+        B, C, H, W, Co, G, oh, ow = self.dims
+        (kh, kw), (sh, sw), _, (dh, dw) = self._geometry()
+        plane = self.xp.shape[2] * self.Wp
+        grid = (1, self.L, 0, 1) if self.rows else (oh, ow, sh * self.Wp, sw)
+        return (C, plane, kh, kw, dh * self.Wp, dw, *grid, self.block)
+
+    @property
+    def _ystep(self) -> int:
+        """The distance between output rows in a row of im2col's product (see _valid)."""
+        return self.Wp if self.rows else self.dims[-1]
 
     def _valid(self, a: Array) -> Array:
         """(X, b, L) -> the (X, b, OH, OW) view of its values at real output positions."""
@@ -210,9 +235,13 @@ class _Conv(Op):
         g_pad = self._g_pad() if need[0] else None
         # a block of g_out, channel axis first as the GEMMs read it; the unused columns stay 0
         g_full = self.ws.get("g_rows", (Co, self.block, self.L), self.dtype, zeroed=True)
+        k = kernels.for_arrays(g4, g_full, g_pad)
         for n, (b0, b1) in enumerate(self._blocks()):
             g_rows = g_full[:, :b1 - b0]
-            np.copyto(self._valid(g_rows), g4[b0:b1].transpose(1, 0, 2, 3))
+            if k:
+                k.conv_g_rows(g_full, None, g4, b0, b1, Co, self.block, self.L, oh, ow, self._ystep)
+            else:
+                np.copyto(self._valid(g_rows), g4[b0:b1].transpose(1, 0, 2, 3))
             g_rows = g_rows.reshape(G, Co // G, -1)
             cols = self._im2col(b0, b1).reshape(G, Kg, -1)
             np.matmul(cols, g_rows.swapaxes(1, 2), out=part if n else g_Wt)
@@ -221,9 +250,13 @@ class _Conv(Op):
                 g_Wt += part
                 g_b += g_b_part
             if g_pad is not None:
-                g_cols = self.buf("g_cols", (G * Kg, self.block, self.L))[:, :b1 - b0]
+                cols_full = self.buf("g_cols", (G * Kg, self.block, self.L))
+                g_cols = cols_full[:, :b1 - b0]
                 np.matmul(self.W.swapaxes(1, 2), g_rows, out=g_cols.reshape(G, Kg, -1))
-                self._col2im(g_cols, g_pad[b0:b1])
+                if k:  # _col2im's adds, in the same order, as one compiled loop
+                    k.col2im(cols_full, g_pad, b0, b1, *self._kernel_geometry())
+                else:
+                    self._col2im(g_cols, g_pad[b0:b1])
         grads = {"W": self.grad_dest(into, "W", self.param_shape)}
         np.copyto(grads["W"].reshape(self.W.shape), g_Wt.swapaxes(1, 2))
         if self.attrs["bias"]:

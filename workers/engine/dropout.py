@@ -12,6 +12,7 @@ from functools import cache
 
 import numpy as np
 
+from . import kernels
 from .op import Op
 from .workspace import Workspace
 
@@ -67,6 +68,11 @@ def _position_keys(size: int) -> np.ndarray:
     return keys
 
 
+def _threshold(p: float) -> np.uint32:
+    """A value is kept when its uniform 32-bit hash is at least p 2^32."""
+    return np.uint32(min(round(p * (1 << 32)), (1 << 32) - 1))
+
+
 def keep_mask(seed: int, step: int, node: str, rows: np.ndarray, size: int, p: float,
               ws: Workspace | None = None) -> np.ndarray:
     """(len(rows), size) booleans: value j of the example at dataset row r is kept with
@@ -79,8 +85,7 @@ def keep_mask(seed: int, step: int, node: str, rows: np.ndarray, size: int, p: f
     with np.errstate(over="ignore"):
         np.add(_row_keys(_key(seed, step, node), rows)[:, None], _position_keys(size), out=z)
         _fmix32(z, tmp)
-    threshold = np.uint32(min(round(p * (1 << 32)), (1 << 32) - 1))
-    return np.greater_equal(z, threshold, out=ws.get("keep", shape, np.dtype(bool)))
+    return np.greater_equal(z, _threshold(p), out=ws.get("keep", shape, np.dtype(bool)))
 
 
 class Dropout(Op):
@@ -101,12 +106,18 @@ class Dropout(Op):
             return x
         n = x.shape[0]
         size = x.size // n if n else 0
-        keep = keep_mask(self.ctx.seed, self.ctx.step, self.name, self.ctx.index, size, rate, self.ws).reshape(x.shape)
         self.scale = self.dtype.type(1.0 / (1.0 - rate))
-        self.keep = keep
         out = self.buf("out", x.shape)
+        kernel = kernels.for_arrays(x)
+        if kernel:  # keep_mask's passes and the product below, in one compiled loop
+            self.keep = self.ws.get("keep", x.shape, np.dtype(bool))
+            row_keys = _row_keys(_key(self.ctx.seed, self.ctx.step, self.name), self.ctx.index)
+            kernel.dropout_forward(x, row_keys, self.keep, out, n, size, int(_threshold(rate)), float(self.scale))
+            return out
+        self.keep = keep_mask(self.ctx.seed, self.ctx.step, self.name, self.ctx.index, size, rate,
+                              self.ws).reshape(x.shape)
         np.multiply(x, self.scale, out=out)
-        out *= keep
+        out *= self.keep
         return out
 
     def backward(self, g_out, need, into=None):

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import kernels
 from .conv import check_window, out_size, padded, pair, window
 from .op import Op, Shape
 
@@ -107,6 +108,13 @@ class MaxPool2d(_Pool2d):
         (k_hw, _, pad) = self.geom
         tiles = finite and k_hw == s and pad == (0, 0)  # windows that do not overlap: each value has one
         g_pad = self._g_pad(fill=not tiles or any(n % k for n, k in zip(self.in_shape[2:], k_hw)))
+        kernel = kernels.for_arrays(self.xp, self.out, g_out, g_pad) if finite else None
+        if kernel:  # the loop below, plane by plane, in one compiled pass
+            B, C, Hp, Wp = g_pad.shape
+            claimed = self.ws.get("claimed_plane", (g_out[0, 0].size,), boolean)
+            kernel.maxpool_backward(self.xp, self.out, g_out, g_pad, claimed, B * C, Hp, Wp, *self.out_hw,
+                                    *k_hw, *s, tiles)
+            return [self._g_in(g_pad)], {}
         for k, (i, j) in enumerate(offsets):
             np.equal(window(self.xp, i, j, self.out_hw, s), self.out, out=hit)
             if k:

@@ -1,0 +1,505 @@
+/* The engine's compiled kernels (see workers/engine/kernels.py): float32 only.
+ *
+ * Each replaces a sequence of numpy passes by one loop that performs exactly the same
+ * float32 operations on every value, in the same order, so the bits are numpy's:
+ *
+ *   im2col, col2im, conv_out, conv_g_rows   convolution's data movement (conv.py): copies,
+ *                                           col2im's adds in kernel-offset order, the bias add
+ *   maxpool_backward                        max_pool2d's gradient (pooling.py), finite g_out
+ *   relu_backward                           g_out * (out > 0), a NaN made off the mask set to 0
+ *   gelu_tanh_inner, gelu_tanh_outer,       GELU's tanh form around numpy's own tanh
+ *   gelu_tanh_backward                      (activations.py); Phi = (t + 1) / 2 is not stored
+ *   dropout_forward                         the keep mask's hash and the scaled product (dropout.py)
+ *
+ * Nothing here calls a transcendental function or a reduction whose order numpy chooses:
+ * those stay numpy's. Built with -ffp-contract=off (no fused multiply-adds) and without
+ * -ffast-math; tests/test_kernels.py checks every kernel bit for bit against the numpy
+ * passes it replaces.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef Py_ssize_t idx;
+
+/* The elementwise loops are compiled twice, for AVX2 and for the baseline, and the loader
+ * picks one for the machine (GCC's and Clang's function multiversioning). Both perform the
+ * same IEEE float32 operations (no fused multiply-adds), so they give the same bits. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(DPTRAIN_NO_CLONES)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* A writable (w) or read-only (r) C-contiguous float32 buffer of at least `need` values. */
+static int
+get_f32(PyObject *obj, Py_buffer *view, int writable, idx need, const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    if (view->itemsize != 4 || view->format == NULL || strcmp(view->format, "f") != 0 || view->len / 4 < need) {
+        PyErr_Format(PyExc_ValueError, "%s: a float32 buffer of at least %zd values is required", name, need);
+        PyBuffer_Release(view);
+        view->obj = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int
+get_bytes(PyObject *obj, Py_buffer *view, int writable, idx need, const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (view->len < need) {
+        PyErr_Format(PyExc_ValueError, "%s: a buffer of at least %zd bytes is required", name, need);
+        PyBuffer_Release(view);
+        view->obj = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void
+release(Py_buffer *views, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (views[i].obj != NULL)
+            PyBuffer_Release(&views[i]);
+}
+
+/* ---- convolution: the window geometry ------------------------------------------------
+ * An example's padded input is C planes of `plane` values. Kernel offset (i, j) reads, in
+ * plane c, the `rows` x `cols` grid at c plane + i di + j dj + r row_step + q col_step
+ * (stride-1 layers read one run: rows = 1, cols = L, col_step = 1). im2col's matrix is
+ * (C kh kw, block, rows cols): row (c, i, j), then the block's example, then the grid. */
+typedef struct {
+    idx C, plane, kh, kw, di, dj, rows, cols, row_step, col_step, block;
+} Geometry;
+
+static idx
+geometry_L(const Geometry *g) { return g->rows * g->cols; }
+
+/* im2col(xp, cols, b0, b1, C, plane, kh, kw, di, dj, rows, cols_, row_step, col_step, block) */
+static PyObject *
+im2col(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *co;
+    idx b0, b1;
+    Geometry g;
+    Py_buffer v[2] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOnnnnnnnnnnnnn", &xo, &co, &b0, &b1, &g.C, &g.plane, &g.kh, &g.kw, &g.di,
+                          &g.dj, &g.rows, &g.cols, &g.row_step, &g.col_step, &g.block))
+        return NULL;
+    idx L = geometry_L(&g), ex = g.C * g.plane;
+    if (get_f32(xo, &v[0], 0, b1 * ex, "im2col xp") < 0 ||
+        get_f32(co, &v[1], 1, g.C * g.kh * g.kw * g.block * L, "im2col cols") < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    const float *xp = v[0].buf;
+    float *out = v[1].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx c = 0; c < g.C; c++)
+        for (idx i = 0; i < g.kh; i++)
+            for (idx j = 0; j < g.kw; j++) {
+                float *row = out + ((c * g.kh + i) * g.kw + j) * g.block * L;
+                for (idx b = b0; b < b1; b++) {
+                    const float *src = xp + b * ex + c * g.plane + i * g.di + j * g.dj;
+                    float *dst = row + (b - b0) * L;
+                    if (g.col_step == 1)
+                        for (idx r = 0; r < g.rows; r++)
+                            memcpy(dst + r * g.cols, src + r * g.row_step, (size_t)g.cols * sizeof(float));
+                    else
+                        for (idx r = 0; r < g.rows; r++)
+                            for (idx q = 0; q < g.cols; q++)
+                                dst[r * g.cols + q] = src[r * g.row_step + q * g.col_step];
+                }
+            }
+    Py_END_ALLOW_THREADS
+    release(v, 2);
+    Py_RETURN_NONE;
+}
+
+/* col2im(g_cols, g_pad, b0, b1, geometry...): g_pad += each offset's columns, offsets in
+ * (i, j) order for every value, as numpy's one strided add per offset does. */
+static PyObject *
+col2im(PyObject *self, PyObject *args)
+{
+    PyObject *co, *go;
+    idx b0, b1;
+    Geometry g;
+    Py_buffer v[2] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOnnnnnnnnnnnnn", &co, &go, &b0, &b1, &g.C, &g.plane, &g.kh, &g.kw, &g.di,
+                          &g.dj, &g.rows, &g.cols, &g.row_step, &g.col_step, &g.block))
+        return NULL;
+    idx L = geometry_L(&g), ex = g.C * g.plane;
+    if (get_f32(co, &v[0], 0, g.C * g.kh * g.kw * g.block * L, "col2im g_cols") < 0 ||
+        get_f32(go, &v[1], 1, b1 * ex, "col2im g_pad") < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    const float *cols = v[0].buf;
+    float *gp = v[1].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx b = b0; b < b1; b++)
+        for (idx c = 0; c < g.C; c++)
+            for (idx i = 0; i < g.kh; i++)
+                for (idx j = 0; j < g.kw; j++) {
+                    const float *src = cols + ((c * g.kh + i) * g.kw + j) * g.block * L + (b - b0) * L;
+                    float *dst = gp + b * ex + c * g.plane + i * g.di + j * g.dj;
+                    for (idx r = 0; r < g.rows; r++) {
+                        float *d = dst + r * g.row_step;
+                        const float *s = src + r * g.cols;
+                        if (g.col_step == 1)
+                            for (idx q = 0; q < g.cols; q++)
+                                d[q] = d[q] + s[q];
+                        else
+                            for (idx q = 0; q < g.cols; q++)
+                                d[q * g.col_step] = d[q * g.col_step] + s[q];
+                    }
+                }
+    Py_END_ALLOW_THREADS
+    release(v, 2);
+    Py_RETURN_NONE;
+}
+
+/* conv_out(out_t, bias|None, out, b0, b1, Co, block, L, oh, ow, ystep): out[b, co, y, x] =
+ * out_t[co, b - b0, y ystep + x] (+ bias[co]); conv_g_rows: the reverse copy, without bias. */
+static PyObject *
+conv_move(PyObject *args, int to_rows)
+{
+    PyObject *to, *bo, *oo;
+    idx b0, b1, Co, block, L, oh, ow, ystep;
+    Py_buffer v[3] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnnn", &to, &bo, &oo, &b0, &b1, &Co, &block, &L, &oh, &ow, &ystep))
+        return NULL;
+    int has_bias = bo != Py_None;
+    if (get_f32(to, &v[0], to_rows, Co * block * L, "conv block") < 0 ||
+        (has_bias && get_f32(bo, &v[1], 0, Co, "conv bias") < 0) ||
+        get_f32(oo, &v[2], !to_rows, b1 * Co * oh * ow, "conv activation") < 0) {
+        release(v, 3);
+        return NULL;
+    }
+    float *t = v[0].buf, *o = v[2].buf;
+    const float *bias = has_bias ? v[1].buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx b = b0; b < b1; b++)
+        for (idx co = 0; co < Co; co++) {
+            float *a = o + (b * Co + co) * oh * ow;
+            float *r = t + (co * block + (b - b0)) * L;
+            for (idx y = 0; y < oh; y++) {
+                float *ay = a + y * ow, *ry = r + y * ystep;
+                if (to_rows)
+                    memcpy(ry, ay, (size_t)ow * sizeof(float));
+                else if (bias) {
+                    float beta = bias[co];
+                    for (idx x = 0; x < ow; x++)
+                        ay[x] = ry[x] + beta;
+                } else
+                    memcpy(ay, ry, (size_t)ow * sizeof(float));
+            }
+        }
+    Py_END_ALLOW_THREADS
+    release(v, 3);
+    Py_RETURN_NONE;
+}
+
+static PyObject *conv_out(PyObject *self, PyObject *args) { return conv_move(args, 0); }
+static PyObject *conv_g_rows(PyObject *self, PyObject *args) { return conv_move(args, 1); }
+
+/* maxpool_backward(xp, out, g_out, g_pad, claimed, B C, Hp, Wp, oh, ow, kh, kw, sh, sw, write):
+ * per plane, offset by offset in (i, j) order: hit = (window value == max) and no earlier
+ * offset hit; share = g_out * hit (g_out is finite here, so a miss gives g_out * 0, the
+ * signed zero, as numpy's product does); write: g_pad = share (windows that tile), else
+ * g_pad += share. Branch-free: hits are unpredictable. */
+VECTOR_CLONES static void
+maxpool_plane(const float *x, const float *m, const float *gy, float *d, unsigned char *claimed, idx Wp, idx oh,
+              idx ow, idx kh, idx kw, idx sh, idx sw, int write)
+{
+    if (write) {  /* each value in one window: window by window, the same hits and shares */
+        for (idx y = 0; y < oh; y++)
+            for (idx q = 0; q < ow; q++) {
+                const float *xw = x + y * sh * Wp + q * sw;
+                float *dw = d + y * sh * Wp + q * sw;
+                uint32_t g = bits_of(gy[y * ow + q]), sign = g & 0x80000000u, claimed_w = 0;
+                float top = m[y * ow + q];
+                for (idx i = 0; i < kh; i++)
+                    for (idx j = 0; j < kw; j++) {
+                        uint32_t hit = (uint32_t)(xw[i * Wp + j] == top) & (claimed_w ^ 1u);
+                        claimed_w |= hit;
+                        dw[i * Wp + j] = float_of((g & (0u - hit)) | sign);
+                    }
+            }
+        return;
+    }
+    memset(claimed, 0, (size_t)(oh * ow));
+    for (idx i = 0; i < kh; i++)
+        for (idx j = 0; j < kw; j++)
+            for (idx y = 0; y < oh; y++) {
+                const float *xr = x + (y * sh + i) * Wp + j, *mr = m + y * ow, *gr = gy + y * ow;
+                float *dr = d + (y * sh + i) * Wp + j;
+                unsigned char *cr = claimed + y * ow;
+                for (idx q = 0; q < ow; q++) {
+                    uint32_t hit = (uint32_t)(xr[q * sw] == mr[q]) & (uint32_t)(cr[q] == 0);
+                    cr[q] |= (unsigned char)hit;
+                    float share = float_of(bits_of(gr[q]) & ((0u - hit) | 0x80000000u));
+                    dr[q * sw] = write ? share : dr[q * sw] + share;
+                }
+            }
+}
+
+static PyObject *
+maxpool_backward(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *oo, *go, *po, *clo;
+    idx planes, Hp, Wp, oh, ow, kh, kw, sh, sw;
+    int write;
+    Py_buffer v[5] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOOOOnnnnnnnnnp", &xo, &oo, &go, &po, &clo, &planes, &Hp, &Wp, &oh, &ow, &kh, &kw,
+                          &sh, &sw, &write))
+        return NULL;
+    idx n_out = oh * ow;
+    if (get_f32(xo, &v[0], 0, planes * Hp * Wp, "maxpool xp") < 0 ||
+        get_f32(oo, &v[1], 0, planes * n_out, "maxpool out") < 0 ||
+        get_f32(go, &v[2], 0, planes * n_out, "maxpool g_out") < 0 ||
+        get_f32(po, &v[3], 1, planes * Hp * Wp, "maxpool g_pad") < 0 ||
+        get_bytes(clo, &v[4], 1, n_out, "maxpool claimed") < 0) {
+        release(v, 5);
+        return NULL;
+    }
+    const float *xp = v[0].buf, *out = v[1].buf, *g = v[2].buf;
+    float *gp = v[3].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx p = 0; p < planes; p++)
+        maxpool_plane(xp + p * Hp * Wp, out + p * n_out, g + p * n_out, gp + p * Hp * Wp, v[4].buf, Wp, oh, ow, kh,
+                      kw, sh, sw, write);
+    Py_END_ALLOW_THREADS
+    release(v, 5);
+    Py_RETURN_NONE;
+}
+
+/* relu_backward(out, g_out, g_in, n): numpy's g_in = g_out * (out > 0), then 0 where out <= 0
+ * and that product is NaN (inf * 0, NaN * 0). So: g_out on the mask; off it, g_out * 0, the
+ * zero with g_out's sign, or 0 for a non-finite g_out. Written on the bits: branch-free. */
+VECTOR_CLONES static void
+relu_loop(const float *out, const float *g, float *gi, idx n)
+{
+    for (idx k = 0; k < n; k++) {
+        uint32_t gb = bits_of(g[k]), on = 0u - (uint32_t)(out[k] > 0.0f);
+        uint32_t finite = 0u - (uint32_t)((gb & 0x7F800000u) != 0x7F800000u);
+        gi[k] = float_of((gb & on) | (gb & 0x80000000u & finite & ~on));
+    }
+}
+
+static PyObject *
+relu_backward(PyObject *self, PyObject *args)
+{
+    PyObject *oo, *go, *io;
+    idx n;
+    Py_buffer v[3] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOOn", &oo, &go, &io, &n))
+        return NULL;
+    if (get_f32(oo, &v[0], 0, n, "relu out") < 0 || get_f32(go, &v[1], 0, n, "relu g_out") < 0 ||
+        get_f32(io, &v[2], 1, n, "relu g_in") < 0) {
+        release(v, 3);
+        return NULL;
+    }
+    const float *out = v[0].buf, *g = v[1].buf;
+    float *gi = v[2].buf;
+    Py_BEGIN_ALLOW_THREADS
+    relu_loop(out, g, gi, n);
+    Py_END_ALLOW_THREADS
+    release(v, 3);
+    Py_RETURN_NONE;
+}
+
+/* GELU, tanh form. inner: t = ((x x) c + 1) x s, numpy's passes t = x x; t *= c; t += 1;
+ * t *= x; t *= s (each constant a float32, as numpy casts a Python float); numpy's tanh
+ * then runs on t; outer: Phi = (t + 1) 0.5, out = Phi x. */
+VECTOR_CLONES static void
+gelu_inner_loop(const float *x, float *t, idx n, float c, float s)
+{
+    for (idx k = 0; k < n; k++) {
+        float a = x[k] * x[k];
+        a = a * c;
+        a = a + 1.0f;
+        a = a * x[k];
+        t[k] = a * s;
+    }
+}
+
+VECTOR_CLONES static void
+gelu_outer_loop(const float *x, const float *t, float *out, idx n)
+{
+    for (idx k = 0; k < n; k++)
+        out[k] = ((t[k] + 1.0f) * 0.5f) * x[k];
+}
+
+/* Phi is computed again from t, with forward's operations (the same bits), rather than stored. */
+VECTOR_CLONES static void
+gelu_backward_loop(const float *x, const float *t, const float *g, float *gi, idx n, float c3, float h)
+{
+    for (idx k = 0; k < n; k++) {
+        float d = x[k] * x[k];
+        d = d * c3;
+        d = d + 1.0f;
+        d = d * h;
+        d = d * x[k];
+        float u = t[k] * t[k];
+        u = 1.0f - u;
+        d = d * u;
+        gi[k] = (((t[k] + 1.0f) * 0.5f) + d) * g[k];
+    }
+}
+
+static PyObject *
+gelu_tanh_inner(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *to;
+    idx n;
+    double c, s;
+    Py_buffer v[2] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOndd", &xo, &to, &n, &c, &s))
+        return NULL;
+    if (get_f32(xo, &v[0], 0, n, "gelu x") < 0 || get_f32(to, &v[1], 1, n, "gelu t") < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    gelu_inner_loop(v[0].buf, v[1].buf, n, (float)c, (float)s);
+    Py_END_ALLOW_THREADS
+    release(v, 2);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+gelu_tanh_outer(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *to, *oo;
+    idx n;
+    Py_buffer v[3] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOOn", &xo, &to, &oo, &n))
+        return NULL;
+    if (get_f32(xo, &v[0], 0, n, "gelu x") < 0 || get_f32(to, &v[1], 0, n, "gelu t") < 0 ||
+        get_f32(oo, &v[2], 1, n, "gelu out") < 0) {
+        release(v, 3);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    gelu_outer_loop(v[0].buf, v[1].buf, v[2].buf, n);
+    Py_END_ALLOW_THREADS
+    release(v, 3);
+    Py_RETURN_NONE;
+}
+
+/* backward: d = ((x x) c3 + 1) h x (1 - t t); g_in = (Phi + d) g_out, with c3 = 3 c and
+ * h = s / 2 as numpy's passes use them (float32 casts of Python floats). */
+static PyObject *
+gelu_tanh_backward(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *to, *go, *io;
+    idx n;
+    double c3, h;
+    Py_buffer v[4] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOOOndd", &xo, &to, &go, &io, &n, &c3, &h))
+        return NULL;
+    if (get_f32(xo, &v[0], 0, n, "gelu x") < 0 || get_f32(to, &v[1], 0, n, "gelu t") < 0 ||
+        get_f32(go, &v[2], 0, n, "gelu g_out") < 0 || get_f32(io, &v[3], 1, n, "gelu g_in") < 0) {
+        release(v, 4);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    gelu_backward_loop(v[0].buf, v[1].buf, v[2].buf, v[3].buf, n, (float)c3, (float)h);
+    Py_END_ALLOW_THREADS
+    release(v, 4);
+    Py_RETURN_NONE;
+}
+
+/* dropout_forward(x, row_keys (uint32 per example), keep, out, rows, size, threshold, scale):
+ * z = fmix32(row_key + j 0x9E3779B9) for position j (wrapping), keep = z >= threshold,
+ * out = (x scale) keep: numpy's passes in dropout.py. */
+static inline uint32_t
+fmix32(uint32_t z)
+{
+    z ^= z >> 16;
+    z *= 0x85EBCA6Bu;
+    z ^= z >> 13;
+    z *= 0xC2B2AE35u;
+    z ^= z >> 16;
+    return z;
+}
+
+/* One example: keep = z >= threshold; out = (x scale) * keep, i.e. x scale where kept and
+ * (x scale) * 0 (a signed zero, or NaN from inf) where dropped, chosen on the bits. */
+VECTOR_CLONES static void
+dropout_row(const float *x, uint32_t key, unsigned char *keep, float *out, idx size, uint32_t threshold, float scale)
+{
+    for (idx j = 0; j < size; j++) {
+        uint32_t z = fmix32(key + (uint32_t)j * 0x9E3779B9u);
+        uint32_t k = z >= threshold, mask = 0u - k;
+        float v = x[j] * scale, dropped = v * 0.0f;
+        keep[j] = (unsigned char)k;
+        out[j] = float_of((bits_of(v) & mask) | (bits_of(dropped) & ~mask));
+    }
+}
+
+static PyObject *
+dropout_forward(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *ko, *keo, *oo;
+    idx rows, size;
+    unsigned long threshold;
+    double scale;
+    Py_buffer v[4] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOOOnnkd", &xo, &ko, &keo, &oo, &rows, &size, &threshold, &scale))
+        return NULL;
+    if (get_f32(xo, &v[0], 0, rows * size, "dropout x") < 0 ||
+        get_bytes(ko, &v[1], 0, rows * 4, "dropout row keys") < 0 ||
+        get_bytes(keo, &v[2], 1, rows * size, "dropout keep") < 0 ||
+        get_f32(oo, &v[3], 1, rows * size, "dropout out") < 0) {
+        release(v, 4);
+        return NULL;
+    }
+    const float *x = v[0].buf;
+    const uint32_t *row_keys = v[1].buf;
+    unsigned char *keep = v[2].buf;
+    float *out = v[3].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx r = 0; r < rows; r++)
+        dropout_row(x + r * size, row_keys[r], keep + r * size, out + r * size, size, (uint32_t)threshold,
+                    (float)scale);
+    Py_END_ALLOW_THREADS
+    release(v, 4);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"im2col", im2col, METH_VARARGS, "im2col(xp, cols, b0, b1, C, plane, kh, kw, di, dj, rows, cols, row_step, "
+                                     "col_step, block): examples [b0, b1)'s windows into the (C kh kw, block, L) buffer."},
+    {"col2im", col2im, METH_VARARGS, "col2im(g_cols, g_pad, b0, b1, <im2col's geometry>): add the columns back, "
+                                     "offsets in order."},
+    {"conv_out", conv_out, METH_VARARGS, "conv_out(out_t, bias|None, out, b0, b1, Co, block, L, oh, ow, ystep)."},
+    {"conv_g_rows", conv_g_rows, METH_VARARGS, "conv_g_rows(g_rows, None, g_out, b0, b1, Co, block, L, oh, ow, ystep)."},
+    {"maxpool_backward", maxpool_backward, METH_VARARGS,
+     "maxpool_backward(xp, out, g_out, g_pad, claimed, planes, Hp, Wp, oh, ow, kh, kw, sh, sw, write)."},
+    {"relu_backward", relu_backward, METH_VARARGS, "relu_backward(out, g_out, g_in, n)."},
+    {"gelu_tanh_inner", gelu_tanh_inner, METH_VARARGS, "gelu_tanh_inner(x, t, n, c, s): tanh's argument."},
+    {"gelu_tanh_outer", gelu_tanh_outer, METH_VARARGS, "gelu_tanh_outer(x, t, out, n): out = (t + 1) / 2 x."},
+    {"gelu_tanh_backward", gelu_tanh_backward, METH_VARARGS, "gelu_tanh_backward(x, t, g_out, g_in, n, c3, h)."},
+    {"dropout_forward", dropout_forward, METH_VARARGS,
+     "dropout_forward(x, row_keys, keep, out, rows, size, threshold, scale)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "dptrain.engine._kernels", NULL, -1, methods};
+
+PyMODINIT_FUNC
+PyInit__kernels(void)
+{
+    return PyModule_Create(&module);
+}
