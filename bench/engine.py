@@ -4,6 +4,7 @@
     python bench/engine.py lenet gpt          # some models
     python bench/engine.py --rounds 9         # more alternating rounds, a steadier median
     python bench/engine.py mlp --threads 2    # two threads (noisy on a shared 2-vCPU machine)
+    python bench/engine.py --no-kernels       # the ops' numpy passes only (as without a C compiler)
 
 A step is forward + backward + an SGD update, float32, in training mode (dropout on).
 The models are the examples' (`examples/*.yaml`: LeNet-5, the residual CNN with batch
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -222,9 +224,10 @@ def measure(name: str, framework: str, seconds: float, threads: int) -> dict[str
     return {"samples_per_s": samples, "peak_mib": _status_mib("VmHWM") - base}
 
 
-def run_child(name: str, framework: str, seconds: float, threads: int) -> dict[str, float] | None:
+def run_child(name: str, framework: str, seconds: float, threads: int, no_kernels: bool) -> dict[str, float] | None:
     cmd = [sys.executable, __file__, "--child", name, framework, "--seconds", str(seconds), "--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, **({"DPTRAIN_NO_KERNELS": "1"} if no_kernels else {})}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         print(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"{framework} failed", file=sys.stderr)
         return None
@@ -237,6 +240,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, framework and round")
     ap.add_argument("--rounds", type=int, default=5, help="alternating numpy/torch rounds; the median ratio is shown")
     ap.add_argument("--threads", type=int, default=1, help="BLAS / torch threads (default 1)")
+    ap.add_argument("--no-kernels", action="store_true", help="turn the engine's compiled kernels off (numpy passes)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -248,12 +252,14 @@ def main() -> None:
     except ImportError:
         frameworks = ("numpy",)
         print("PyTorch not importable: numpy figures only (pip install torch==2.13.0 for the ratio)")
-    print(f"{args.threads} thread(s), {args.rounds} alternating rounds: median samples/s of a training step, "
-          f"the median and range of the per-round ratios, peak RSS growth in MiB")
+    from dptrain.engine import kernels
+    compiled = "off (--no-kernels)" if args.no_kernels else ("on" if kernels.kernel else "not built")
+    print(f"{args.threads} thread(s), {args.rounds} alternating rounds, compiled kernels {compiled}: median "
+          f"samples/s of a training step, the median and range of the per-round ratios, peak RSS growth in MiB")
     print(f"{'model':>7} {'batch':>6} {'numpy/s':>9} {'torch/s':>9} {'ratio':>6} {'(range)':>12} "
           f"{'numpy MiB':>10} {'torch MiB':>10}")
     for name in args.models or BENCHES:
-        rounds = [{fw: run_child(name, fw, args.seconds, args.threads) for fw in frameworks}
+        rounds = [{fw: run_child(name, fw, args.seconds, args.threads, args.no_kernels) for fw in frameworks}
                   for _ in range(args.rounds)]
         if any(r["numpy"] is None for r in rounds):
             continue
