@@ -242,3 +242,26 @@ def test_float64_models_take_numpy_passes(monkeypatch):
     rng = np.random.default_rng(9)
     ctx = Context(seed=0, step=1, index=np.arange(2))
     run(spec, rng.standard_normal((2, 1, 8, 8)), rng.standard_normal((2, 18)), ctx, dtype=np.float64)
+
+
+def test_a_geometry_outside_the_buffers_raises():
+    """The kernels check their indices before touching memory: a wrong call raises, never writes out of bounds."""
+    if kernels.kernel is None:
+        pytest.skip(NO_KERNEL)
+    k = kernels.kernel
+    xp, cols = np.zeros((2, 1, 5, 5), np.float32), np.zeros((9, 2, 9), np.float32)
+    k.im2col(xp, cols, 0, 2, 1, 25, 3, 3, 5, 1, 1, 9, 0, 1, 2)  # in bounds: fine
+    for bad in [dict(kh=4), dict(b1=3), dict(rows=2, row_step=20), dict(block=1)]:
+        args = dict(b0=0, b1=2, C=1, plane=25, kh=3, kw=3, di=5, dj=1, rows=1, cols=9, row_step=0, col_step=1,
+                    block=2) | bad
+        with pytest.raises(ValueError):
+            k.im2col(xp, cols, *args.values())
+        with pytest.raises(ValueError):
+            k.col2im(cols, xp, *args.values())
+    with pytest.raises(ValueError, match="float32"):
+        k.im2col(xp.astype(np.float64), cols, 0, 2, 1, 25, 3, 3, 5, 1, 1, 9, 0, 1, 2)
+    out = np.zeros((2, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError):
+        k.maxpool_backward(xp, out, out, xp.copy(), np.zeros(16, np.uint8), 2, 5, 5, 4, 4, 3, 3, 1, 1, True)
+    with pytest.raises(ValueError):
+        k.conv_out(cols, None, out, 0, 2, 1, 2, 9, 4, 4, 2)

@@ -84,6 +84,22 @@ typedef struct {
 static idx
 geometry_L(const Geometry *g) { return g->rows * g->cols; }
 
+/* Every index a window reads stays inside its example, and [b0, b1) fits the block: checked
+ * before any loop runs, so a wrong geometry raises instead of touching memory. */
+static int
+geometry_ok(const Geometry *g, idx b0, idx b1)
+{
+    idx last = (g->C - 1) * g->plane + (g->kh - 1) * g->di + (g->kw - 1) * g->dj + (g->rows - 1) * g->row_step +
+               (g->cols - 1) * g->col_step;
+    if (g->C < 1 || g->kh < 1 || g->kw < 1 || g->rows < 1 || g->cols < 1 || g->plane < 1 || g->di < 0 ||
+        g->dj < 0 || g->row_step < 0 || g->col_step < 1 || b0 < 0 || b1 < b0 || b1 - b0 > g->block ||
+        last >= g->C * g->plane) {
+        PyErr_SetString(PyExc_ValueError, "im2col/col2im: the window geometry leaves the example");
+        return 0;
+    }
+    return 1;
+}
+
 /* im2col(xp, cols, b0, b1, C, plane, kh, kw, di, dj, rows, cols_, row_step, col_step, block) */
 static PyObject *
 im2col(PyObject *self, PyObject *args)
@@ -94,6 +110,8 @@ im2col(PyObject *self, PyObject *args)
     Py_buffer v[2] = {{0}};
     if (!PyArg_ParseTuple(args, "OOnnnnnnnnnnnnn", &xo, &co, &b0, &b1, &g.C, &g.plane, &g.kh, &g.kw, &g.di,
                           &g.dj, &g.rows, &g.cols, &g.row_step, &g.col_step, &g.block))
+        return NULL;
+    if (!geometry_ok(&g, b0, b1))
         return NULL;
     idx L = geometry_L(&g), ex = g.C * g.plane;
     if (get_f32(xo, &v[0], 0, b1 * ex, "im2col xp") < 0 ||
@@ -137,6 +155,8 @@ col2im(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOnnnnnnnnnnnnn", &co, &go, &b0, &b1, &g.C, &g.plane, &g.kh, &g.kw, &g.di,
                           &g.dj, &g.rows, &g.cols, &g.row_step, &g.col_step, &g.block))
         return NULL;
+    if (!geometry_ok(&g, b0, b1))
+        return NULL;
     idx L = geometry_L(&g), ex = g.C * g.plane;
     if (get_f32(co, &v[0], 0, g.C * g.kh * g.kw * g.block * L, "col2im g_cols") < 0 ||
         get_f32(go, &v[1], 1, b1 * ex, "col2im g_pad") < 0) {
@@ -178,6 +198,10 @@ conv_move(PyObject *args, int to_rows)
     Py_buffer v[3] = {{0}};
     if (!PyArg_ParseTuple(args, "OOOnnnnnnnn", &to, &bo, &oo, &b0, &b1, &Co, &block, &L, &oh, &ow, &ystep))
         return NULL;
+    if (b0 < 0 || b1 < b0 || b1 - b0 > block || oh < 1 || ow < 1 || ystep < ow || (oh - 1) * ystep + ow > L) {
+        PyErr_SetString(PyExc_ValueError, "conv_out/conv_g_rows: the output grid leaves the block");
+        return NULL;
+    }
     int has_bias = bo != Py_None;
     if (get_f32(to, &v[0], to_rows, Co * block * L, "conv block") < 0 ||
         (has_bias && get_f32(bo, &v[1], 0, Co, "conv bias") < 0) ||
@@ -263,6 +287,11 @@ maxpool_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOnnnnnnnnnp", &xo, &oo, &go, &po, &clo, &planes, &Hp, &Wp, &oh, &ow, &kh, &kw,
                           &sh, &sw, &write))
         return NULL;
+    if (oh < 1 || ow < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || (oh - 1) * sh + kh > Hp ||
+        (ow - 1) * sw + kw > Wp) {
+        PyErr_SetString(PyExc_ValueError, "maxpool_backward: the windows leave the padded input");
+        return NULL;
+    }
     idx n_out = oh * ow;
     if (get_f32(xo, &v[0], 0, planes * Hp * Wp, "maxpool xp") < 0 ||
         get_f32(oo, &v[1], 0, planes * n_out, "maxpool out") < 0 ||

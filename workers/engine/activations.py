@@ -169,12 +169,13 @@ class GELU(Pointwise):
     def f(self, x, out):
         tanh = self.attrs["approximate"] == "tanh"
         self.t = self.buf("t", x.shape) if tanh else None
-        self.kernel = kernels.for_arrays(x, out) if tanh else None
-        if self.kernel:  # the passes below fused around numpy's tanh; backward recomputes Phi from t
+        kernel = kernels.for_arrays(x, out) if tanh else None
+        self.fused = kernel is not None
+        if kernel:  # the passes below fused around numpy's tanh; backward recomputes Phi from t
             for x_, out_, t in _in_blocks(x, out, self.t):
-                self.kernel.gelu_tanh_inner(x_, t, t.size, _TANH_C, _SQRT_2_OVER_PI)
+                kernel.gelu_tanh_inner(x_, t, t.size, _TANH_C, _SQRT_2_OVER_PI)
                 np.tanh(t, out=t)
-                self.kernel.gelu_tanh_outer(x_, t, out_, t.size)
+                kernel.gelu_tanh_outer(x_, t, out_, t.size)
             return
         self.Phi = self.buf("Phi", x.shape)
         for x_, out_, Phi, t in _in_blocks(x, out, self.Phi, self.t):
@@ -195,9 +196,9 @@ class GELU(Pointwise):
             np.multiply(Phi, x_, out=out_)
 
     def g(self, g_out, g_in):
-        if self.kernel:  # the passes below in one compiled loop
-            self.kernel.gelu_tanh_backward(self.x, self.t, np.ascontiguousarray(g_out), g_in, g_in.size,
-                                           3 * _TANH_C, _SQRT_2_OVER_PI / 2)
+        if self.fused:  # forward ran the kernels (so they are built): the passes below in one compiled loop
+            kernels.kernel.gelu_tanh_backward(self.x, self.t, np.ascontiguousarray(g_out), g_in, g_in.size,
+                                              3 * _TANH_C, _SQRT_2_OVER_PI / 2)
             return
         dens = self.buf("dens", self.x.shape)  # x phi(x), or its tanh form
         tanh = self.attrs["approximate"] == "tanh"
