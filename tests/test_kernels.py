@@ -72,8 +72,21 @@ def run(spec, X, G, ctx=None, dtype=np.float32):
     return out.tobytes(), None if g_x is None else g_x.tobytes(), grad.tobytes()
 
 
-def same_bits(spy, monkeypatch, spec, X, G, expect, ctx=None):
-    """Run with the kernels, check that each of `expect` ran, run with numpy's passes, compare."""
+def one_nan(raw: bytes | None) -> bytes | None:
+    """float32 bytes with every NaN written as the same NaN (signs of zeros and all else kept)."""
+    if raw is None:
+        return None
+    a = np.frombuffer(raw, np.float32).copy()
+    a[np.isnan(a)] = np.float32("nan")
+    return a.tobytes()
+
+
+def same_bits(spy, monkeypatch, spec, X, G, expect, ctx=None, any_nan=False):
+    """Run with the kernels, check that each of `expect` ran, run with numpy's passes, compare.
+
+    `any_nan`: where a sum meets two NaNs, which one comes out (a sign bit, a payload) is not
+    fixed even within numpy (its compiled reductions may order a commutative add's operands
+    either way), so such results compare as NaN; every other bit must be equal."""
     with np.errstate(all="ignore"):  # infs and NaNs are part of the point
         compiled = run(spec, X, G, ctx)
         ran = set(spy.calls)
@@ -81,6 +94,8 @@ def same_bits(spy, monkeypatch, spec, X, G, expect, ctx=None):
         monkeypatch.setattr(kernels, "kernel", None)
         numpy_passes = run(spec, X, G, ctx)
     for what, a, b in zip(("output", "g_in", "parameter gradients"), compiled, numpy_passes):
+        if any_nan:
+            a, b = one_nan(a), one_nan(b)
         assert a == b, f"{what} differ between the kernel and numpy's passes"
 
 
@@ -265,3 +280,38 @@ def test_a_geometry_outside_the_buffers_raises():
         k.maxpool_backward(xp, out, out, xp.copy(), np.zeros(16, np.uint8), 2, 5, 5, 4, 4, 3, 3, 1, 1, True)
     with pytest.raises(ValueError):
         k.conv_out(cols, None, out, 0, 2, 1, 2, 9, 4, 4, 2)
+
+
+# --- batch norm -------------------------------------------------------------------------------
+
+@SETTINGS
+@given(batch=st.integers(1, 9), channels=st.integers(1, 5),
+       hw=st.sampled_from([None, (1, 1), (3, 5), (8, 8), (1, 300), (1, 9000)]),
+       affine=st.booleans(), train=st.booleans(), specials=st.booleans(), seed=st.integers(0, 2**31))
+def test_batch_norm_bits(batch, channels, hw, affine, train, specials, seed):
+    """Statistics and parameter gradients summed in numpy's order (planes pairwise, then the
+    batch in order; the float64 mean's planes in buffer-sized pieces, hence a 9000-value
+    plane), the per-channel passes fused; vectors (B, C) and images, both modes. Values span
+    80 binades, so that a sum's order shows in its bits. One channel takes numpy's passes."""
+    with pytest.MonkeyPatch.context() as mp:
+        spy = KernelSpy(kernels.kernel) if kernels.kernel is not None else pytest.skip(NO_KERNEL)
+        mp.setattr(kernels, "kernel", spy)
+        rng = np.random.default_rng(seed)
+        shape = [channels] if hw is None else [channels, *hw]
+        spec = {"input": shape, "layers": [{"op": "batch_norm", "affine": affine}]}
+        X = values(rng, (batch, *shape), specials) * np.exp2(rng.integers(-40, 40, (batch, *shape))).astype(np.float32)
+        ctx = Context(seed=0, step=1, index=np.arange(batch), train=train)
+        expect = [] if channels == 1 else ["bn_normalize"] + (["channel_sums", "bn_input_grad"] if train else [])
+        same_bits(spy, mp, spec, X, values(rng, (batch, *shape), specials), expect, ctx, any_nan=specials)
+        if channels == 1:
+            assert not spy.calls
+
+
+def test_resnet_example_bits(spy, monkeypatch):
+    """A step of the residual CNN example (convolutions, chunk batch norm, ReLU, a skip)."""
+    spec = yaml.safe_load((EXAMPLES / "resnet_shapes.yaml").read_text())["model"]
+    m = Model(spec)
+    rng = np.random.default_rng(10)
+    X, G = values(rng, (5, *m.input_shape)), values(rng, (5, *m.output_shape))
+    same_bits(spy, monkeypatch, spec, X, G, ["channel_sums", "bn_normalize", "bn_input_grad", "im2col", "col2im"],
+              Context(seed=1, step=2, index=np.arange(5)))

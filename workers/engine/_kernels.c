@@ -10,9 +10,11 @@
  *   gelu_tanh_inner, gelu_tanh_outer,       GELU's tanh form around numpy's own tanh
  *   gelu_tanh_backward                      (activations.py); Phi = (t + 1) / 2 is not stored
  *   dropout_forward                         the keep mask's hash and the scaled product (dropout.py)
+ *   channel_sums, bn_normalize,             batch norm's statistics and gradient sums in numpy's
+ *   bn_input_grad                           summation order, and its per-channel passes (batchnorm.py)
  *
- * Nothing here calls a transcendental function or a reduction whose order numpy chooses:
- * those stay numpy's. Built with -ffp-contract=off (no fused multiply-adds) and without
+ * Nothing here calls a transcendental function; the only reductions are batch norm's, in
+ * the order numpy's reduction over (batch, height, width) takes (see channel_sums). Built with -ffp-contract=off (no fused multiply-adds) and without
  * -ffast-math; tests/test_kernels.py checks every kernel bit for bit against the numpy
  * passes it replaces.
  */
@@ -507,6 +509,208 @@ dropout_forward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- batch norm: per-channel sums in numpy's order ----------------------------------------
+ * numpy reduces a (B, C, H, W) array over axes (0, 2, 3) plane by plane: each (b, c) plane's
+ * H W values are summed pairwise (numpy/_core/src/umath/loops_utils.h.src: 8 accumulators up
+ * to 128 values, halves split on multiples of 8), and the planes' sums are added to the
+ * channel's total in b order, starting from 0. In float64 for batch norm's statistics (the
+ * float32 values cast exactly), in float32 for its parameter gradients. PAIRWISE defines one
+ * such sum over the values ELEM(i) in type T. */
+#define PW_BLOCKSIZE 128
+#define PAIRWISE(NAME, T, ARGS, ELEM)                                                    \
+static T NAME ARGS                                                                     \
+{                                                                                      \
+    if (n < 8) {                                                                       \
+        T res = 0.;                                                                    \
+        for (idx i = 0; i < n; i++)                                                    \
+            res += ELEM(i);                                                            \
+        return res;                                                                    \
+    }                                                                                  \
+    if (n <= PW_BLOCKSIZE) {                                                           \
+        T r[8];                                                                        \
+        idx i;                                                                         \
+        for (int j = 0; j < 8; j++)                                                    \
+            r[j] = ELEM(j);                                                            \
+        for (i = 8; i < n - (n % 8); i += 8)                                           \
+            for (int j = 0; j < 8; j++)                                                \
+                r[j] += ELEM(i + j);                                                   \
+        T res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));     \
+        for (; i < n; i++)                                                             \
+            res += ELEM(i);                                                            \
+        return res;                                                                    \
+    }                                                                                  \
+    idx n2 = n / 2;                                                                    \
+    n2 -= n2 % 8;                                                                      \
+    return NAME(PW_CALL_LEFT) + NAME(PW_CALL_RIGHT);                                   \
+}
+
+/* (double)a[i] */
+#define ELEM_CAST(i) ((double)a[i])
+#define PW_CALL_LEFT a, n2
+#define PW_CALL_RIGHT a + n2, n - n2
+PAIRWISE(pw_f64, double, (const float *a, idx n), ELEM_CAST)
+/* a[i] in float32 */
+#define ELEM_F32(i) (a[i])
+PAIRWISE(pw_f32, float, (const float *a, idx n), ELEM_F32)
+#undef PW_CALL_LEFT
+#undef PW_CALL_RIGHT
+/* ((double)a[i] - mean)^2: numpy's var forms x - mean in float64, squares it, then sums */
+static inline double sq_dev(float a, double mean) { double d = (double)a - mean; return d * d; }
+#define ELEM_SQDEV(i) sq_dev(a[i], mean)
+#define PW_CALL_LEFT a, mean, n2
+#define PW_CALL_RIGHT a + n2, mean, n - n2
+PAIRWISE(pw_sq_dev, double, (const float *a, double mean, idx n), ELEM_SQDEV)
+#undef PW_CALL_LEFT
+#undef PW_CALL_RIGHT
+/* a[i] b[i] rounded to float32, as a product numpy stores before summing it */
+static inline float product(float a, float b) { return a * b; }
+#define ELEM_PROD(i) product(a[i], b[i])
+#define PW_CALL_LEFT a, b, n2
+#define PW_CALL_RIGHT a + n2, b + n2, n - n2
+PAIRWISE(pw_prod, float, (const float *a, const float *b, idx n), ELEM_PROD)
+#undef PW_CALL_LEFT
+#undef PW_CALL_RIGHT
+
+/* channel_sums(kind, a, b|mean|None, out, B, C, HW, chunk): out[c] = the sum over b, in order
+ * from 0, of plane (b, c)'s pairwise sum. kind 0: of (double)a (out float64), each plane summed
+ * as pieces of `chunk` values in order (numpy casts float32 to float64 through its iterator's
+ * buffer, np.getbufsize() values at a time, and sums each buffer pairwise); 1: of
+ * ((double)a - mean[c])^2 (mean float64, out float64); 2: of a (float32); 3: of a b rounded to
+ * float32 (float32). C must be at least 2: with one channel numpy's reduction is one flat sum. */
+static PyObject *
+channel_sums(PyObject *self, PyObject *args)
+{
+    PyObject *ao, *bo, *oo;
+    int kind;
+    idx B, C, HW, chunk;
+    Py_buffer v[3] = {{0}};
+    if (!PyArg_ParseTuple(args, "iOOOnnnn", &kind, &ao, &bo, &oo, &B, &C, &HW, &chunk))
+        return NULL;
+    if (kind < 0 || kind > 3 || B < 0 || C < 2 || HW < 1 || chunk < 1 || ((kind == 1 || kind == 3) && bo == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "channel_sums: bad arguments");
+        return NULL;
+    }
+    int wide = kind < 2;
+    if (get_f32(ao, &v[0], 0, B * C * HW, "channel_sums a") < 0)
+        goto fail;
+    if (kind == 1 && get_bytes(bo, &v[1], 0, C * 8, "channel_sums mean") < 0)
+        goto fail;
+    if (kind == 3 && get_f32(bo, &v[1], 0, B * C * HW, "channel_sums b") < 0)
+        goto fail;
+    if (wide ? get_bytes(oo, &v[2], 1, C * 8, "channel_sums out") < 0 : get_f32(oo, &v[2], 1, C, "channel_sums out") < 0)
+        goto fail;
+    const float *a = v[0].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx c = 0; c < C; c++) {
+        double wsum = 0.;
+        float fsum = 0.f;
+        for (idx b = 0; b < B; b++) {
+            idx at = (b * C + c) * HW;
+            if (kind == 0)
+                for (idx lo = 0; lo < HW; lo += chunk)
+                    wsum = wsum + pw_f64(a + at + lo, HW - lo < chunk ? HW - lo : chunk);
+            else if (kind == 1)
+                wsum = wsum + pw_sq_dev(a + at, ((const double *)v[1].buf)[c], HW);
+            else if (kind == 2)
+                fsum = fsum + pw_f32(a + at, HW);
+            else
+                fsum = fsum + pw_prod(a + at, (const float *)v[1].buf + at, HW);
+        }
+        if (wide)
+            ((double *)v[2].buf)[c] = wsum;
+        else
+            ((float *)v[2].buf)[c] = fsum;
+    }
+    Py_END_ALLOW_THREADS
+    release(v, 3);
+    Py_RETURN_NONE;
+fail:
+    release(v, 3);
+    return NULL;
+}
+
+/* Per-channel affine passes over (B, C, HW), each numpy's broadcast passes in one loop:
+ * bn_normalize: xhat = (x - mean[c]) inv[c]; with gamma: out = xhat gamma[c] + beta[c].
+ * bn_scale: out = a s[c] (g_xhat = g_out gamma).
+ * bn_input_grad: g_in = ((g_xhat - mean_g[c]) - xhat mean_gx[c]) inv[c]. */
+VECTOR_CLONES static void
+normalize_plane(const float *x, float m, float inv, float *xhat, float *out, float gamma, float beta, int affine,
+                idx n)
+{
+    for (idx i = 0; i < n; i++) {
+        float h = (x[i] - m) * inv;
+        xhat[i] = h;
+        if (affine)
+            out[i] = h * gamma + beta;
+    }
+}
+
+VECTOR_CLONES static void
+input_grad_plane(const float *g, const float *xhat, float mean_g, float mean_gx, float inv, float *gi, idx n)
+{
+    for (idx i = 0; i < n; i++)
+        gi[i] = ((g[i] - mean_g) - xhat[i] * mean_gx) * inv;
+}
+
+static PyObject *
+bn_normalize(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *mo, *io, *go, *bo, *ho, *oo;
+    idx B, C, HW;
+    Py_buffer v[7] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOOOOOOnnn", &xo, &mo, &io, &go, &bo, &ho, &oo, &B, &C, &HW))
+        return NULL;
+    int affine = go != Py_None;
+    idx n = B * C * HW;
+    if (get_f32(xo, &v[0], 0, n, "bn x") < 0 || get_f32(mo, &v[1], 0, C, "bn mean") < 0 ||
+        get_f32(io, &v[2], 0, C, "bn inv") < 0 || (affine && (get_f32(go, &v[3], 0, C, "bn gamma") < 0 ||
+        get_f32(bo, &v[4], 0, C, "bn beta") < 0 || get_f32(oo, &v[6], 1, n, "bn out") < 0)) ||
+        get_f32(ho, &v[5], 1, n, "bn xhat") < 0) {
+        release(v, 7);
+        return NULL;
+    }
+    const float *x = v[0].buf, *m = v[1].buf, *inv = v[2].buf, *gamma = v[3].buf, *beta = v[4].buf;
+    float *xhat = v[5].buf, *out = v[6].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx b = 0; b < B; b++)
+        for (idx c = 0; c < C; c++) {
+            idx at = (b * C + c) * HW;
+            normalize_plane(x + at, m[c], inv[c], xhat + at, affine ? out + at : NULL, affine ? gamma[c] : 0.f,
+                            affine ? beta[c] : 0.f, affine, HW);
+        }
+    Py_END_ALLOW_THREADS
+    release(v, 7);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bn_input_grad(PyObject *self, PyObject *args)
+{
+    PyObject *go, *ho, *mgo, *mxo, *io, *oo;
+    idx B, C, HW;
+    Py_buffer v[6] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOOOOOnnn", &go, &ho, &mgo, &mxo, &io, &oo, &B, &C, &HW))
+        return NULL;
+    idx n = B * C * HW;
+    if (get_f32(go, &v[0], 0, n, "bn g_xhat") < 0 || get_f32(ho, &v[1], 0, n, "bn xhat") < 0 ||
+        get_f32(mgo, &v[2], 0, C, "bn mean_g") < 0 || get_f32(mxo, &v[3], 0, C, "bn mean_gx") < 0 ||
+        get_f32(io, &v[4], 0, C, "bn inv") < 0 || get_f32(oo, &v[5], 1, n, "bn g_in") < 0) {
+        release(v, 6);
+        return NULL;
+    }
+    const float *g = v[0].buf, *xhat = v[1].buf, *mg = v[2].buf, *mx = v[3].buf, *inv = v[4].buf;
+    float *gi = v[5].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx b = 0; b < B; b++)
+        for (idx c = 0; c < C; c++) {
+            idx at = (b * C + c) * HW;
+            input_grad_plane(g + at, xhat + at, mg[c], mx[c], inv[c], gi + at, HW);
+        }
+    Py_END_ALLOW_THREADS
+    release(v, 6);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"im2col", im2col, METH_VARARGS, "im2col(xp, cols, b0, b1, C, plane, kh, kw, di, dj, rows, cols, row_step, "
                                      "col_step, block): examples [b0, b1)'s windows into the (C kh kw, block, L) buffer."},
@@ -520,6 +724,11 @@ static PyMethodDef methods[] = {
     {"gelu_tanh_inner", gelu_tanh_inner, METH_VARARGS, "gelu_tanh_inner(x, t, n, c, s): tanh's argument."},
     {"gelu_tanh_outer", gelu_tanh_outer, METH_VARARGS, "gelu_tanh_outer(x, t, out, n): out = (t + 1) / 2 x."},
     {"gelu_tanh_backward", gelu_tanh_backward, METH_VARARGS, "gelu_tanh_backward(x, t, g_out, g_in, n, c3, h)."},
+    {"channel_sums", channel_sums, METH_VARARGS, "channel_sums(kind, a, b|mean|None, out, B, C, HW, chunk): numpy's sums "
+                                                 "over axes (0, 2, 3), bit for bit."},
+    {"bn_normalize", bn_normalize, METH_VARARGS, "bn_normalize(x, mean, inv, gamma|None, beta|None, xhat, out|None, "
+                                                 "B, C, HW)."},
+    {"bn_input_grad", bn_input_grad, METH_VARARGS, "bn_input_grad(g_xhat, xhat, mean_g, mean_gx, inv, g_in, B, C, HW)."},
     {"dropout_forward", dropout_forward, METH_VARARGS,
      "dropout_forward(x, row_keys, keep, out, rows, size, threshold, scale)."},
     {NULL, NULL, 0, NULL},

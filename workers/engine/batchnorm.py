@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .op import Op
 
 
@@ -54,28 +55,58 @@ class BatchNorm(Op):
     def _per_channel(self, v: np.ndarray, x: np.ndarray) -> np.ndarray:
         return v.reshape((1, -1) + (1,) * (x.ndim - 2))
 
+    def _kernel(self, *arrays):
+        """The compiled kernels for this call's arrays, or None (numpy's passes). They need two
+        channels or more: with one, numpy's reduction over (0, 2, 3) is one flat pairwise sum."""
+        x = arrays[0]
+        return kernels.for_arrays(*arrays) if x.size and x.shape[1] > 1 else None
+
+    def _planes(self, x: np.ndarray) -> tuple[int, int, int, int]:
+        """(B, C, H W, numpy's buffer size): how the kernels walk the planes of a (B, C, ...) array."""
+        B, C = x.shape[:2]
+        return B, C, x.size // (B * C), np.getbufsize()
+
+    def _moments(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The float64 mean and biased variance of each channel, as x.mean and x.var compute them
+        (kernels.channel_sums: numpy's summation order)."""
+        kernel, axes = self._kernel(x), self._axes(x)
+        if not kernel:
+            return x.mean(axis=axes, dtype=np.float64), x.var(axis=axes, dtype=np.float64)
+        m, planes = x.size // x.shape[1], self._planes(x)
+        mean, var = np.empty(planes[1]), np.empty(planes[1])
+        kernel.channel_sums(0, x, None, mean, *planes)
+        mean /= m
+        kernel.channel_sums(1, x, mean, var, *planes)
+        var /= m
+        return mean, var
+
     def forward(self, xs, p):
         x = xs[0]
         self.train = self.ctx is not None and self.ctx.train
-        axes = self._axes(x)
         if self.train:
-            mean = x.mean(axis=axes, dtype=np.float64)
-            var = x.var(axis=axes, dtype=np.float64)
+            mean, var = self._moments(x)
             m = x.size // x.shape[1] if x.size else 0
             unbiased = var * (m / (m - 1)) if m > 1 else var
             self.batch_stats = np.concatenate([[x.shape[0]], mean * x.shape[0], unbiased * x.shape[0]])
         else:
             mean, var = p["running_mean"].astype(np.float64), p["running_var"].astype(np.float64)
             self.batch_stats = None
-        inv = 1.0 / np.sqrt(var + float(self.attrs["eps"]))
-        self.inv = self._per_channel(inv.astype(self.dtype), x)
+        inv = (1.0 / np.sqrt(var + float(self.attrs["eps"]))).astype(self.dtype)
+        self.inv = self._per_channel(inv, x)
         self.xhat = self.buf("xhat", x.shape)
+        affine = self.attrs["affine"]
+        out = self.buf("out", x.shape) if affine else None
+        if affine:
+            self.gamma = self._per_channel(p["gamma"], x)
+        kernel = self._kernel(x, *((p["gamma"], p["beta"]) if affine else ()))
+        if kernel:  # the passes below in one loop
+            kernel.bn_normalize(x, mean.astype(self.dtype), inv, p["gamma"] if affine else None,
+                                p["beta"] if affine else None, self.xhat, out, *self._planes(x)[:3])
+            return out if affine else self.xhat
         np.subtract(x, self._per_channel(mean.astype(self.dtype), x), out=self.xhat)
         self.xhat *= self.inv
-        if not self.attrs["affine"]:
+        if not affine:
             return self.xhat
-        self.gamma = self._per_channel(p["gamma"], x)
-        out = self.buf("out", x.shape)
         np.multiply(self.xhat, self.gamma, out=out)
         out += self._per_channel(p["beta"], x)
         return out
@@ -87,13 +118,19 @@ class BatchNorm(Op):
         for name in self.buffer_names:  # untrained: the coordinator updates them itself
             grads[name] = self.grad_dest(into, name, (c,))
             grads[name].fill(0)
+        kernel = self._kernel(self.xhat, g_out)
+        planes = self._planes(self.xhat)
         if self.attrs["affine"]:
             grads["gamma"] = self.grad_dest(into, "gamma", (c,))
-            prod = self.buf("prod", x_shape)
-            np.multiply(g_out, self.xhat, out=prod)
-            np.sum(prod, axis=axes, out=grads["gamma"])
             grads["beta"] = self.grad_dest(into, "beta", (c,))
-            np.sum(g_out, axis=axes, out=grads["beta"])
+            if kernel:  # the sums below, in numpy's order
+                kernel.channel_sums(3, g_out, self.xhat, grads["gamma"], *planes)
+                kernel.channel_sums(2, g_out, None, grads["beta"], *planes)
+            else:
+                prod = self.buf("prod", x_shape)
+                np.multiply(g_out, self.xhat, out=prod)
+                np.sum(prod, axis=axes, out=grads["gamma"])
+                np.sum(g_out, axis=axes, out=grads["beta"])
         if not need[0]:
             return [None], grads
         g_xhat = self.buf("g_xhat", x_shape)
@@ -107,6 +144,13 @@ class BatchNorm(Op):
             return [g_in], grads
         # g_in = inv * (g_xhat - mean(g_xhat) - xhat * mean(g_xhat * xhat)), means over `axes`
         m = g_out.size // c
+        if kernel:  # the passes below: two sums in numpy's order, then one loop
+            sums = self.buf("sums", (2, c))
+            kernel.channel_sums(2, g_xhat, None, sums[0], *planes)
+            kernel.channel_sums(3, g_xhat, self.xhat, sums[1], *planes)
+            sums /= m
+            kernel.bn_input_grad(g_xhat, self.xhat, sums[0], sums[1], self.inv.reshape(-1), g_in, *planes[:3])
+            return [g_in], grads
         mean_g = g_xhat.sum(axis=axes, keepdims=True) / m
         prod = self.buf("prod2", x_shape)
         np.multiply(g_xhat, self.xhat, out=prod)
