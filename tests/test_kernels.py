@@ -21,25 +21,11 @@ from dptrain.engine.op import Context
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from .test_tail import KernelSpy  # records the kernel calls it passes on (or fails the test)
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NO_KERNEL = "workers/engine/_kernels.c was not built (no C compiler at install): nothing to compare with numpy"
 SETTINGS = settings(max_examples=30, deadline=None)
-
-
-class KernelSpy:
-    """Stands in for `dptrain.engine._kernels`: records each call by name, then runs `real`;
-    with no `real`, a call fails the test (the numpy path was expected)."""
-
-    def __init__(self, real: object | None = None) -> None:
-        self.real, self.calls = real, []
-
-    def __getattr__(self, name: str):
-        def call(*args):
-            self.calls.append(name)
-            if self.real is None:
-                raise AssertionError(f"the compiled kernel's {name} ran where the numpy path was expected")
-            return getattr(self.real, name)(*args)
-        return call
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ NO_KERNEL = "service/core/_tail.c was not built (no C compiler at install): ther
 
 
 class KernelSpy:
-    """Stands in for `dptrain.core._tail`: records each call by name, then runs `real`; with no
-    `real`, a call fails the test instead."""
+    """Stands in for a compiled module (`dptrain.core._tail`, `dptrain.engine._kernels`): records
+    each call by name, then runs `real`; with no `real`, a call fails the test instead."""
 
     def __init__(self, real: object | None = None) -> None:
         self.real, self.calls = real, []

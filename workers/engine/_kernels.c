@@ -102,6 +102,17 @@ geometry_ok(const Geometry *g, idx b0, idx b1)
     return 1;
 }
 
+/* (first, second, b0, b1, C, plane, kh, kw, di, dj, rows, cols, row_step, col_step, block): the
+ * arguments of im2col and col2im, the geometry checked. */
+static int
+window_args(PyObject *args, PyObject **first, PyObject **second, idx *b0, idx *b1, Geometry *g)
+{
+    if (!PyArg_ParseTuple(args, "OOnnnnnnnnnnnnn", first, second, b0, b1, &g->C, &g->plane, &g->kh, &g->kw,
+                          &g->di, &g->dj, &g->rows, &g->cols, &g->row_step, &g->col_step, &g->block))
+        return 0;
+    return geometry_ok(g, *b0, *b1);
+}
+
 /* im2col(xp, cols, b0, b1, C, plane, kh, kw, di, dj, rows, cols_, row_step, col_step, block) */
 static PyObject *
 im2col(PyObject *self, PyObject *args)
@@ -110,10 +121,7 @@ im2col(PyObject *self, PyObject *args)
     idx b0, b1;
     Geometry g;
     Py_buffer v[2] = {{0}};
-    if (!PyArg_ParseTuple(args, "OOnnnnnnnnnnnnn", &xo, &co, &b0, &b1, &g.C, &g.plane, &g.kh, &g.kw, &g.di,
-                          &g.dj, &g.rows, &g.cols, &g.row_step, &g.col_step, &g.block))
-        return NULL;
-    if (!geometry_ok(&g, b0, b1))
+    if (!window_args(args, &xo, &co, &b0, &b1, &g))
         return NULL;
     idx L = geometry_L(&g), ex = g.C * g.plane;
     if (get_f32(xo, &v[0], 0, b1 * ex, "im2col xp") < 0 ||
@@ -154,10 +162,7 @@ col2im(PyObject *self, PyObject *args)
     idx b0, b1;
     Geometry g;
     Py_buffer v[2] = {{0}};
-    if (!PyArg_ParseTuple(args, "OOnnnnnnnnnnnnn", &co, &go, &b0, &b1, &g.C, &g.plane, &g.kh, &g.kw, &g.di,
-                          &g.dj, &g.rows, &g.cols, &g.row_step, &g.col_step, &g.block))
-        return NULL;
-    if (!geometry_ok(&g, b0, b1))
+    if (!window_args(args, &co, &go, &b0, &b1, &g))
         return NULL;
     idx L = geometry_L(&g), ex = g.C * g.plane;
     if (get_f32(co, &v[0], 0, g.C * g.kh * g.kw * g.block * L, "col2im g_cols") < 0 ||
