@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from .test_tail import KernelSpy  # records the kernel calls it passes on (or fails the test)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-NO_KERNEL = "workers/engine/_kernels.c was not built (no C compiler at install): nothing to compare with numpy"
+NO_KERNEL = ("workers/engine/_kernels.c was not built (no C compiler at install) or DPTRAIN_NO_KERNELS=1 turned it "
+             "off: nothing to compare with numpy")
 SETTINGS = settings(max_examples=30, deadline=None)
 
 

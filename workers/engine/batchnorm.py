@@ -14,6 +14,9 @@ running <- (1 - momentum) running + momentum * (the step's mean over chunks) wit
 unbiased chunk variance, as PyTorch does per forward call: with one chunk per step the
 two agree exactly; with several, PyTorch would update once per chunk in sequence, here
 once per step with the chunks' average (deterministic, independent of the worker count).
+
+In float32 the statistics, the parameter gradients' sums and the per-channel passes run as
+compiled loops (kernels.py) that sum in numpy's order, so the bits are numpy's.
 """
 from __future__ import annotations
 

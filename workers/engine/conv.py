@@ -13,6 +13,8 @@ block with the columns built again: g_W = g_out cols^T and g_b = the sum of g_ou
 summed over the blocks in order, and g_cols = W^T g_out, which col2im adds back onto the
 padded input: one strided add per kernel offset (kh kw of them), never a loop over
 examples. Every buffer comes from the op's workspace, so a warm step allocates nothing.
+In float32 the copies, the bias add and col2im's adds run as compiled loops
+(kernels.py), in the same order and so with the same bits; the GEMMs stay numpy's.
 """
 from __future__ import annotations
 

@@ -100,8 +100,6 @@ class MaxPool2d(_Pool2d):
             return [None], {}
         (_, s, _), offsets = self.geom, self._offsets()
         boolean = np.dtype(bool)
-        hit, claimed = self.ws.get("hit", g_out.shape, boolean), self.ws.get("claimed", g_out.shape, boolean)
-        share = self.buf("share", g_out.shape)
         # A non-finite g_out takes the masked add: inf * 0 would put NaN where a value is not the maximum.
         with np.errstate(invalid="ignore", over="ignore"):
             finite = bool(np.isfinite(g_out.sum()))
@@ -115,6 +113,8 @@ class MaxPool2d(_Pool2d):
             kernel.maxpool_backward(self.xp, self.out, g_out, g_pad, claimed, B * C, Hp, Wp, *self.out_hw,
                                     *k_hw, *s, tiles)
             return [self._g_in(g_pad)], {}
+        hit, claimed = self.ws.get("hit", g_out.shape, boolean), self.ws.get("claimed", g_out.shape, boolean)
+        share = self.buf("share", g_out.shape)
         for k, (i, j) in enumerate(offsets):
             np.equal(window(self.xp, i, j, self.out_hw, s), self.out, out=hit)
             if k:
