@@ -216,6 +216,32 @@ def test_dropout_bits(p, width, step, specials, seed):
                   ["dropout_forward"], ctx)
 
 
+@SETTINGS
+@given(rows=st.integers(1, 70), width=st.integers(1, 300), specials=st.booleans(), seed=st.integers(0, 2**31))
+def test_softmax_bits(rows, width, specials, seed):
+    """The softmax op (no mask): rows across the 64K-value blocks, rows with infs and NaNs."""
+    with pytest.MonkeyPatch.context() as mp:
+        spy = KernelSpy(kernels.kernel) if kernels.kernel is not None else pytest.skip(NO_KERNEL)
+        mp.setattr(kernels, "kernel", spy)
+        rng = np.random.default_rng(seed)
+        spec = {"input": [rows, width], "layers": ["softmax"]}
+        shape = (3, rows, width)
+        X = values(rng, shape, specials) * np.float32(rng.choice([1.0, 50.0]))
+        same_bits(spy, mp, spec, X, values(rng, shape), ["softmax_shift"], any_nan=specials)
+
+
+@SETTINGS
+@given(T=st.integers(1, 40), heads=st.sampled_from([1, 2]), seed=st.integers(0, 2**31))
+def test_causal_attention_bits(T, heads, seed):
+    """The mask is added inside the kernel, row r of the scores getting mask row r mod T."""
+    with pytest.MonkeyPatch.context() as mp:
+        spy = KernelSpy(kernels.kernel) if kernels.kernel is not None else pytest.skip(NO_KERNEL)
+        mp.setattr(kernels, "kernel", spy)
+        rng = np.random.default_rng(seed)
+        spec = {"input": [T, 8], "layers": [{"op": "attention", "heads": heads, "causal": True}]}
+        same_bits(spy, mp, spec, values(rng, (3, T, 8)) * np.float32(3), values(rng, (3, T, 8)), ["softmax_shift"])
+
+
 # --- whole models, and where the kernels do not apply ------------------------------------------
 
 @pytest.mark.parametrize("example", ["lenet_mnist.yaml", "char_gpt.yaml"])
@@ -231,7 +257,8 @@ def test_example_models_bits(spy, monkeypatch, example):
         X = values(rng, (6, *m.input_shape))
     G = values(rng, (6, *m.output_shape))
     ctx = Context(seed=3, step=17, index=np.arange(100, 106))
-    expect = (["dropout_forward", "gelu_tanh_inner", "gelu_tanh_backward"] if m.spec.input.dtype == "int" else
+    expect = (["dropout_forward", "gelu_tanh_inner", "gelu_tanh_backward", "softmax_shift"]
+              if m.spec.input.dtype == "int" else
               ["im2col", "col2im", "conv_out", "maxpool_backward", "relu_backward"])
     same_bits(spy, monkeypatch, spec, X, G, expect, ctx)
 

@@ -10,6 +10,7 @@
  *   gelu_tanh_inner, gelu_tanh_outer,       GELU's tanh form around numpy's own tanh
  *   gelu_tanh_backward                      (activations.py); Phi = (t + 1) / 2 is not stored
  *   dropout_forward                         the keep mask's hash and the scaled product (dropout.py)
+ *   softmax_shift                           softmax's mask add and row maximum (sequence.py)
  *   channel_sums, bn_normalize,             batch norm's statistics and gradient sums in numpy's
  *   bn_input_grad                           summation order, and its per-channel passes (batchnorm.py)
  *
@@ -716,6 +717,51 @@ bn_input_grad(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* softmax_shift(x, mask|None, out, r0, r1, n, mask_rows): rows [r0, r1) of the (rows, n) x as
+ * out = a - max(a), a = x + mask[r % mask_rows] (or x): numpy's `x += mask`, then the row
+ * maximum subtracted. The maximum has numpy's semantics (a NaN in the row wins); which zero it
+ * is when +0 and -0 tie can differ from numpy's, and cannot matter: a - (+-0) is a unless a is
+ * a zero itself, and exp of either zero is 1, which is all softmax does next. */
+VECTOR_CLONES static void
+shift_row(const float *x, const float *mask, float *out, idx n)
+{
+    for (idx j = 0; j < n; j++)
+        out[j] = mask ? x[j] + mask[j] : x[j];
+    float top = out[0];
+    for (idx j = 1; j < n; j++)
+        top = (top >= out[j] || top != top) ? top : out[j];
+    for (idx j = 0; j < n; j++)
+        out[j] = out[j] - top;
+}
+
+static PyObject *
+softmax_shift(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *mo, *oo;
+    idx r0, r1, n, mask_rows;
+    Py_buffer v[3] = {{0}};
+    if (!PyArg_ParseTuple(args, "OOOnnnn", &xo, &mo, &oo, &r0, &r1, &n, &mask_rows))
+        return NULL;
+    int masked = mo != Py_None;
+    if (r0 < 0 || r1 < r0 || n < 1 || mask_rows < 1) {
+        PyErr_SetString(PyExc_ValueError, "softmax_shift: bad rows");
+        return NULL;
+    }
+    if (get_f32(xo, &v[0], 0, r1 * n, "softmax x") < 0 || (masked && get_f32(mo, &v[1], 0, mask_rows * n,
+        "softmax mask") < 0) || get_f32(oo, &v[2], 1, r1 * n, "softmax out") < 0) {
+        release(v, 3);
+        return NULL;
+    }
+    const float *x = v[0].buf, *mask = masked ? v[1].buf : NULL;
+    float *out = v[2].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (idx r = r0; r < r1; r++)
+        shift_row(x + r * n, mask ? mask + (r % mask_rows) * n : NULL, out + r * n, n);
+    Py_END_ALLOW_THREADS
+    release(v, 3);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"im2col", im2col, METH_VARARGS, "im2col(xp, cols, b0, b1, C, plane, kh, kw, di, dj, rows, cols, row_step, "
                                      "col_step, block): examples [b0, b1)'s windows into the (C kh kw, block, L) buffer."},
@@ -734,6 +780,8 @@ static PyMethodDef methods[] = {
     {"bn_normalize", bn_normalize, METH_VARARGS, "bn_normalize(x, mean, inv, gamma|None, beta|None, xhat, out|None, "
                                                  "B, C, HW)."},
     {"bn_input_grad", bn_input_grad, METH_VARARGS, "bn_input_grad(g_xhat, xhat, mean_g, mean_gx, inv, g_in, B, C, HW)."},
+    {"softmax_shift", softmax_shift, METH_VARARGS, "softmax_shift(x, mask|None, out, r0, r1, n, mask_rows): "
+                                                   "out = a - rowmax(a), a = x + mask."},
     {"dropout_forward", dropout_forward, METH_VARARGS,
      "dropout_forward(x, row_keys, keep, out, rows, size, threshold, scale)."},
     {NULL, NULL, 0, NULL},

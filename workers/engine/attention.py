@@ -95,9 +95,7 @@ class Attention(Op):
         q, k, v = self._heads(self.qkv, 3)
         self.P = self.buf("P", (B, H, T, T))
         np.matmul(q, k.swapaxes(-1, -2), out=self.P)
-        if self.attrs["causal"]:
-            self.P += self._mask(T)
-        softmax(self.P, self.P)
+        softmax(self.P, self.P, self._mask(T) if self.attrs["causal"] else None)
         self.ctx = self.buf("ctx", (B * T, D))
         np.matmul(self.P, v, out=self._heads(self.ctx, 1)[0])
         self.Wo = p["Wo"]

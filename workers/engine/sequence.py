@@ -12,24 +12,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .op import Array, Op
 
 _BLOCK_VALUES = 1 << 16
 """Values per block of softmax's row-wise passes (256 KiB in float32)."""
 
 
-def softmax(x: Array, out: Array) -> Array:
-    """out <- softmax(x) over the last axis, stably: the row maximum is subtracted first.
+def softmax(x: Array, out: Array, mask: Array | None = None) -> Array:
+    """out <- softmax(x + mask) over the last axis, stably: the row maximum is subtracted first.
 
-    A -inf entry (a masked position) gets exactly 0, as long as its row has a finite entry.
-    Row sums are a BLAS matrix-vector product (~5x numpy's sum over a short last axis).
+    `mask` (m, n), if given, is added to every block of m consecutive rows (attention's causal
+    mask: row r of the (..., T, T) scores gets mask row r mod T). A -inf entry (a masked
+    position) gets exactly 0, as long as its row has a finite entry. Row sums are a BLAS
+    matrix-vector product (~5x numpy's sum over a short last axis). In float32 the mask add
+    and the maximum's subtraction run as one compiled loop (kernels.softmax_shift).
     """
     n = x.shape[-1]
     x2, out2, ones = x.reshape(-1, n), out.reshape(-1, n), np.ones(n, dtype=out.dtype)
+    kernel = kernels.for_arrays(x, out, mask)
+    if mask is not None and not kernel:
+        np.add(x2.reshape(-1, *mask.shape), mask, out=out2.reshape(-1, *mask.shape))
+        x2 = out2
     rows = max(1, _BLOCK_VALUES // max(n, 1))
     for lo in range(0, x2.shape[0], rows):  # blocks of rows: the passes run in cache
         o = out2[lo:lo + rows]
-        np.subtract(x2[lo:lo + rows], x2[lo:lo + rows].max(axis=-1, keepdims=True), out=o)
+        if kernel:
+            kernel.softmax_shift(x2, mask, out2, lo, lo + len(o), n, 1 if mask is None else len(mask))
+        else:
+            np.subtract(x2[lo:lo + rows], x2[lo:lo + rows].max(axis=-1, keepdims=True), out=o)
         np.exp(o, out=o)
         o /= np.matmul(o, ones)[:, None]
     return out
