@@ -14,10 +14,12 @@
  *   channel_sums, bn_normalize,             batch norm's statistics and gradient sums in numpy's
  *   bn_input_grad                           summation order, and its per-channel passes (batchnorm.py)
  *
- * Nothing here calls a transcendental function; the only reductions are batch norm's, in
- * the order numpy's reduction over (batch, height, width) takes (see channel_sums). Built with -ffp-contract=off (no fused multiply-adds) and without
- * -ffast-math; tests/test_kernels.py checks every kernel bit for bit against the numpy
- * passes it replaces.
+ * Nothing here calls a transcendental function (tanh, exp stay numpy's), nor a matrix
+ * product (BLAS's). The only sums are batch norm's, in the order numpy's reduction over
+ * (batch, height, width) takes (see channel_sums); the only other reduction is softmax's
+ * row maximum, whose order cannot change its value. Built with -ffp-contract=off (no fused
+ * multiply-adds) and without -ffast-math; tests/test_kernels.py checks every kernel bit for
+ * bit against the numpy passes it replaces.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
