@@ -31,12 +31,13 @@ def tiny_disk(tmp_path):
 
 
 def _fill(disk: Path) -> Path:
+    """Write zeros until the disk is full. Unbuffered: a buffered file would keep the bytes the
+    last write could not place and fail again in close(), out of this function."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     return filler

@@ -210,9 +210,13 @@ def test_get_job_shows_the_epoch_ledger_live_and_after_the_job(c):
     for event in c.watch(job.id):
         if event.WhichOneof("event") == "metrics" and event.metrics.step >= 18:  # 15 steps an epoch
             break
-    live = c.get(job.id)
+    deadline = time.monotonic() + 20
+    while (live := c.get(job.id)).stats.epochs[-1].complete:  # at an epoch's end: look again mid-epoch
+        assert time.monotonic() < deadline and state(live) == "RUNNING", "no epoch in progress seen"
+        time.sleep(0.01)
     assert state(live) == "RUNNING"
     assert [e.epoch for e in live.stats.epochs][:2] == [0, 1] and live.stats.epochs[0].complete
+    assert all(e.complete for e in live.stats.epochs[:-1])
     assert not live.stats.epochs[-1].complete and live.stats.epochs[-1].used_once > 0
     assert len(live.stats.workers) == 2 and all(w.pid for w in live.stats.workers)
     final = c.wait(job.id).stats

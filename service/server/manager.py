@@ -375,8 +375,9 @@ class JobManager:
 
     def _finish(self, job_id: str, state: str, feed: JobFeed, error: str | None = None) -> None:
         """Record a final state; if the store cannot write it now, it is retried later
-        (`settle_pending`) and the feed already says the truth."""
-        feed.set_state(state, error or "")
+        (`settle_pending`) and `record` says the truth meanwhile. The feed is told last: a
+        client whose WatchJob stream ends on the final state and then asks GetJob must read
+        that state, not the one before it."""
         prom.JOBS_FINISHED.labels(state=state).inc()
         log.info("job %s %s%s", job_id, state, f": {error}" if error else "")
         self.event(job_id, state.lower(), state.lower() + (f": {error}" if error else ""))
@@ -386,6 +387,7 @@ class JobManager:
             log.error("job %s: could not record %s (%s); will retry", job_id, state, e)
             with self.lock:
                 self.pending[job_id] = (state, error)
+        feed.set_state(state, error or "")
 
     def event(self, job_id: str, kind: str, message: str) -> None:
         """One line of the job's log (`dptrain logs`), written now. Never fails the job: a
