@@ -99,6 +99,8 @@ def _mha_step(causal: bool) -> Callable[[Model, np.ndarray, np.ndarray, np.ndarr
 
 
 CASES: list[Case] = [
+    Case("linear B1024 784 -> 512 (GEMMs)", {"input": 784, "layers": ["linear 512"]}, 1024,
+         _torch_fn_step(lambda x, p: x @ p["W"] + p["b"])),
     Case("layer_norm B16 T64 D128", {"input": [64, 128], "layers": ["layer_norm"]}, 16,
          _torch_fn_step(lambda x, p: F.layer_norm(x, (x.shape[-1],), p["gamma"], p["beta"]))),
     Case("group_norm B16 C32x16x16 G8", {"input": [32, 16, 16], "layers": [{"op": "group_norm", "groups": 8}]},

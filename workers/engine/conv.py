@@ -140,6 +140,8 @@ class _Conv(Op):
         self.rows = stride == (1, 1)  # windows are runs of the padded rows (see _windows)
         self.Wp = W + 2 * pad[1]  # the padded row's length
         self.L = (oh - 1) * self.Wp + ow if self.rows else oh * ow  # im2col columns per example
+        self.block = self._block_size()
+        self.kgeom = self._kernel_geometry() if kernels.for_arrays(self.xp) else None  # compiled im2col/col2im
         self.W = p["W"].reshape(G, Co // G, -1)
         out = self.buf("out", (B, Co, oh, ow))
         out_full = self.buf("out_t", (Co, self.block, self.L))
@@ -166,9 +168,8 @@ class _Conv(Op):
         K = self.W.shape[0] * self.W.shape[2]
         full = self.buf("cols", (K, self.block, self.L))
         cols = full[:, :b1 - b0]
-        k = kernels.for_arrays(self.xp, full)
-        if k:  # the copy below, as one compiled loop
-            k.im2col(self.xp, full, b0, b1, *self._kernel_geometry())
+        if self.kgeom:  # the copy below, as one compiled loop
+            kernels.kernel.im2col(self.xp, full, b0, b1, *self.kgeom)
             return cols.reshape(K, -1)
         src = self._windows(self.xp)[:, :, :, b0:b1]
         np.copyto(cols.reshape(src.shape), src)
@@ -212,8 +213,7 @@ class _Conv(Op):
         s0, s1, s2 = a.strides
         return as_strided(a, (a.shape[0], a.shape[1], oh, ow), (s0, s1, self.Wp * s2, s2))
 
-    @property
-    def block(self) -> int:
+    def _block_size(self) -> int:
         """Examples per block: each block's im2col columns (about BLOCK_VALUES values) are
         built, multiplied and, in backward, scattered back while they are in cache. It
         depends on the layer alone, so a chunk's bits never depend on the batch."""
@@ -255,8 +255,8 @@ class _Conv(Op):
                 cols_full = self.buf("g_cols", (G * Kg, self.block, self.L))
                 g_cols = cols_full[:, :b1 - b0]
                 np.matmul(self.W.swapaxes(1, 2), g_rows, out=g_cols.reshape(G, Kg, -1))
-                if k:  # _col2im's adds, in the same order, as one compiled loop
-                    k.col2im(cols_full, g_pad, b0, b1, *self._kernel_geometry())
+                if k and self.kgeom:  # _col2im's adds, in the same order, as one compiled loop
+                    k.col2im(cols_full, g_pad, b0, b1, *self.kgeom)
                 else:
                     self._col2im(g_cols, g_pad[b0:b1])
         grads = {"W": self.grad_dest(into, "W", self.param_shape)}
